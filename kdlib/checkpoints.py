@@ -1,0 +1,82 @@
+"""Checkpoints: atomic writes, keep the last N, exact resume.
+
+A checkpoint holds everything the next step depends on: student weights, optimizer, scheduler, the
+source's generators, data position and replay buffer, the global RNGs, the step and the metrics so far.
+It is written to a temporary file and renamed, so an interrupted save never leaves a file a later run
+would trust.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+
+import torch
+
+_NAME = re.compile(r"step-(\d+)\.pt$")
+
+
+def checkpoint_dir(trainer) -> Path:
+    return trainer.run_dir / "checkpoints"
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    found = [p for p in Path(directory).glob("step-*.pt") if _NAME.search(p.name)]
+    return sorted(found, key=lambda p: int(_NAME.search(p.name).group(1)))
+
+
+def save(trainer) -> Path | None:
+    acc = trainer.acc
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return None
+    d = checkpoint_dir(trainer)
+    d.mkdir(parents=True, exist_ok=True)
+    state = {
+        "step": trainer.state.step,
+        "metrics": trainer.state.metrics,
+        "forwards": vars(trainer.state.forwards),
+        "seconds": trainer.state.seconds,
+        "student": acc.unwrap_model(trainer.student).state_dict(),
+        "optimizer": trainer.opt.state_dict(),
+        "scheduler": trainer.sched.state_dict(),
+        "source": trainer.source.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "config": trainer.cfg.to_dict(),
+    }
+    path = d / f"step-{trainer.state.step:06d}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for old in list_checkpoints(d)[: -trainer.cfg.keep_checkpoints]:
+        old.unlink()
+    return path
+
+
+def latest(trainer) -> Path | None:
+    found = list_checkpoints(checkpoint_dir(trainer))
+    return found[-1] if found else None
+
+
+def load(trainer, path: Path) -> None:
+    """Restore `trainer` to the exact state saved in `path`."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved = state["config"]
+    if saved != trainer.cfg.to_dict():
+        diff = sorted(k for k in saved if saved[k] != trainer.cfg.to_dict().get(k))
+        raise ValueError(f"checkpoint {path} was written by a different config (fields {diff})")
+    trainer.acc.unwrap_model(trainer.student).load_state_dict(state["student"])
+    trainer.opt.load_state_dict(state["optimizer"])
+    trainer.sched.load_state_dict(state["scheduler"])
+    trainer.source.load_state_dict(state["source"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    trainer.state.step = state["step"]
+    trainer.state.metrics = state["metrics"]
+    trainer.state.seconds = state["seconds"]
+    for k, v in state["forwards"].items():
+        setattr(trainer.state.forwards, k, v)

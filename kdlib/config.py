@@ -1,0 +1,224 @@
+"""One frozen run configuration, validated on construction, loaded from YAML plus key=value overrides.
+
+Every method is ``data source × token-level sampler × divergence`` (SPEC §1). ``method`` names a preset
+of the three; any of them can be overridden, so a new method is a new preset or a new config file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+SOURCES = ("data", "seqkd", "sampler", "mix", "distillm")
+
+# method → (data source, sampler, divergence, divergence params). SPEC §1 table.
+METHODS: dict[str, tuple[str, Optional[str], str, dict]] = {
+    "sft": ("data", None, "ce", {}),
+    "kd": ("data", None, "fkl", {}),
+    "seqkd": ("seqkd", None, "ce", {}),
+    "imitkd": ("sampler", "student", "fkl", {}),
+    "onpolicy": ("sampler", "student", "fkl", {}),
+    "gkd": ("mix", "student", "jsd", {"beta": 0.5}),
+    "distillm": ("distillm", "student", "sfkl", {"alpha": 0.1}),
+    "skd": ("sampler", "skd", "fkl", {}),
+    "switch": ("sampler", "switch", "sfkl", {"alpha": 0.1}),  # skew FKL inferred, not confirmed
+    "adaswitch": ("sampler", "adaswitch", "fkl", {}),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A distillation run. Fields left ``None`` take the method preset's value (see `resolved`)."""
+
+    method: str = "sft"
+    """Preset naming the source, sampler and divergence: one of METHODS."""
+    task: str = "arith"
+    """Embedded task name (arith, summ) or a paper dataset name (paper profile)."""
+    profile: str = "embedded"
+    """'embedded' (CPU, self-made models and data) or 'paper' (hub models and datasets, GPU)."""
+    teacher: str = "teacher"
+    """Teacher: an embedded size name, a local directory or a hub name."""
+    teacher_steps: int = 0
+    """Embedded profile: SFT steps of the teacher recipe (0 = the task's default, TEACHER_STEPS)."""
+    student: str = "student-s"
+    """Student: an embedded size name, a local directory or a hub name."""
+    student_init: str = "sft"
+    """'sft': start from the student fine-tuned on the labelled rows (cached); 'scratch': random init."""
+    source: Optional[str] = None
+    """Where a step's sequences come from: data | seqkd | sampler | mix | distillm."""
+    sampler: Optional[str] = None
+    """Token-level sampler for sampled steps: student | teacher | skd | switch | adaswitch."""
+    sampler_params: dict = field(default_factory=dict)
+    """Sampler parameters, e.g. {'tau0': 0.3, 'decay': 0.01} for switch (overrides its defaults)."""
+    divergence: Optional[str] = None
+    """Per-position loss: ce | fkl | rkl | jsd | tvd | sfkl | srkl."""
+    divergence_params: dict = field(default_factory=dict)
+    """Divergence parameters, e.g. {'beta': 0.5} for jsd or {'alpha': 0.1} for sfkl/srkl."""
+    student_data_fraction: float = 0.5
+    """GKD's λ: probability that a step uses sampled (student) data instead of the fixed data (mix)."""
+    steps: int = 200
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Sequences per optimizer step (over all micro-batches and processes)."""
+    micro_batch_size: int = 0
+    """Sequences per forward pass; 0 = batch_size (no accumulation)."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate."""
+    warmup_steps: int = 10
+    """Linear warm-up steps before cosine decay to 10 % of lr."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 disables clipping."""
+    max_new_tokens: int = 64
+    """Longest sampled or decoded response, in tokens."""
+    sample_temperature: float = 1.0
+    """Temperature when a sampler draws a token (0 = greedy). Not the loss temperature."""
+    loss_temperature: float = 1.0
+    """Temperature dividing both logits inside the divergence. Not the sampling temperature."""
+    n_train: int = 1000
+    """Training rows (prompts, and their responses where the source uses them)."""
+    n_eval: int = 200
+    """Held-out rows scored at the end (and at every eval_every)."""
+    eval_every: int = 0
+    """Score on n_eval held-out rows every this many steps (0 = only at the end)."""
+    eval_splits: tuple = ("test",)
+    """Splits scored at the end: test, and plus (arith's perturbed split)."""
+    seed: int = 0
+    """Seed for data order, the λ coin, sampling and initialisation."""
+    dtype: str = "auto"
+    """auto (bf16 on CUDA where supported, else float32) | float32 | bfloat16."""
+    chunk_size: int = 0
+    """Positions per chunk in the divergence (0 = library default)."""
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint every this many steps (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    """How many checkpoints to keep."""
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is unknown; choose one of {sorted(METHODS)}")
+        if self.profile not in ("embedded", "paper"):
+            raise ValueError(f"profile={self.profile!r}: choose 'embedded' or 'paper'")
+        if self.student_init not in ("sft", "scratch"):
+            raise ValueError(f"student_init={self.student_init!r}: choose 'sft' or 'scratch'")
+        r = self.resolved
+        if r["source"] not in SOURCES:
+            raise ValueError(f"source={r['source']!r} is unknown; choose one of {SOURCES}")
+        if r["source"] in ("sampler", "mix", "distillm") and r["sampler"] is None:
+            raise ValueError(f"source={r['source']!r} needs a sampler")
+        _positive(self, "steps", "batch_size", "lr", "max_new_tokens", "n_train", "n_eval")
+        _non_negative(self, "warmup_steps", "weight_decay", "max_grad_norm", "sample_temperature",
+                      "micro_batch_size", "eval_every", "chunk_size", "checkpoint_every",
+                      "teacher_steps")
+        if self.loss_temperature <= 0:
+            raise ValueError(f"loss_temperature={self.loss_temperature} must be > 0")
+        if not 0.0 <= self.student_data_fraction <= 1.0:
+            raise ValueError(f"student_data_fraction={self.student_data_fraction} must be in [0, 1]")
+        if self.batch_size % self.micro_batch_size_resolved:
+            raise ValueError(f"batch_size={self.batch_size} is not a multiple of "
+                             f"micro_batch_size={self.micro_batch_size}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"dtype={self.dtype!r}: choose auto, float32 or bfloat16")
+        from kdlib import divergences, samplers  # late import: config must stay cheap to import
+
+        divergences.validate_params(r["divergence"], **r["divergence_params"])
+        if r["sampler"] is not None:
+            samplers.validate_sampler_params(r["sampler"], **r["sampler_params"])
+
+    @property
+    def resolved(self) -> dict[str, Any]:
+        """Source, sampler, divergence and their params after applying the method preset."""
+        source, sampler, divergence, div_params = METHODS[self.method]
+        return {
+            "source": self.source or source,
+            "sampler": self.sampler or sampler,
+            "sampler_params": dict(self.sampler_params),
+            "divergence": self.divergence or divergence,
+            "divergence_params": {**(div_params if self.divergence in (None, divergence) else {}),
+                                  **self.divergence_params},
+        }
+
+    @property
+    def micro_batch_size_resolved(self) -> int:
+        return self.micro_batch_size or self.batch_size
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.batch_size // self.micro_batch_size_resolved
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["eval_splits"] = list(self.eval_splits)
+        return d
+
+    def hash(self, exclude=("eval_every", "checkpoint_every", "keep_checkpoints")) -> str:
+        """Stable short hash of everything that changes the result (cache key)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def replace(self, **changes) -> "RunConfig":
+        return from_dict({**self.to_dict(), **changes})
+
+
+def _positive(cfg, *names):
+    for n in names:
+        if getattr(cfg, n) <= 0:
+            raise ValueError(f"{n}={getattr(cfg, n)} must be > 0")
+
+
+def _non_negative(cfg, *names):
+    for n in names:
+        if getattr(cfg, n) < 0:
+            raise ValueError(f"{n}={getattr(cfg, n)} must be >= 0")
+
+
+FIELD_NAMES = {f.name for f in fields(RunConfig)}
+
+
+def from_dict(d: dict, source: str = "config") -> RunConfig:
+    unknown = sorted(set(d) - FIELD_NAMES)
+    if unknown:
+        raise ValueError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(FIELD_NAMES)}")
+    d = dict(d)
+    if "eval_splits" in d:
+        d["eval_splits"] = tuple(d["eval_splits"])
+    return RunConfig(**d)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'key=value' with the value parsed as YAML (numbers, lists, dicts); dotted keys set a dict item:
+    ``sampler_params.tau0=0.3``."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not of the form key=value")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def apply_overrides(d: dict, overrides: list[str] | dict) -> dict:
+    d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+    for key, value in items:
+        if "." in key:
+            outer, inner = key.split(".", 1)
+            if outer not in FIELD_NAMES:
+                raise ValueError(f"override {key!r}: unknown field {outer!r}")
+            d[outer] = {**d.get(outer, {}), inner: value}
+        else:
+            d[key] = value
+    return d
+
+
+def load_config(path=None, overrides=()) -> RunConfig:
+    """A config from a YAML file (or defaults) with key=value overrides applied last."""
+    d = {}
+    if path is not None:
+        d = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a mapping of config fields")
+    return from_dict(apply_overrides(d, overrides), source=str(path or "overrides"))

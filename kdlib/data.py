@@ -1,0 +1,99 @@
+"""Rows → token ids → batches.
+
+A batch has one layout everywhere, whether it comes from the dataset or from a sampler rollout:
+``P`` left-padded prompt columns followed by ``N`` right-padded response columns.
+
+    input_ids       (B, P+N)   prompt | response ... eos pad pad
+    attention_mask  (B, P+N)   1 on real tokens (prompt and response up to and including EOS)
+    response_mask   (B, P+N)   True on response tokens including EOS: the loss targets
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+REQUIRED_FIELDS = ("prompt", "response")
+
+
+@dataclass
+class SequenceBatch:
+    """A batch in the shared layout; `teacher_logits` (B, N, V) when a sampler kept them."""
+
+    input_ids: torch.Tensor  # (B, P+N)
+    attention_mask: torch.Tensor  # (B, P+N)
+    response_mask: torch.Tensor  # (B, P+N) bool
+    prompt_length: int  # P
+    teacher_logits: Optional[torch.Tensor] = None  # (B, N, V)
+    from_teacher: Optional[torch.Tensor] = None  # (B, P+N) bool
+
+    def to(self, device) -> "SequenceBatch":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return SequenceBatch(move(self.input_ids), move(self.attention_mask), move(self.response_mask),
+                             self.prompt_length, move(self.teacher_logits), move(self.from_teacher))
+
+
+def validate_rows(rows, source: str, fields=REQUIRED_FIELDS) -> None:
+    """Fail on the first malformed row, naming the file, the row index and the field."""
+    for i, row in enumerate(rows):
+        for field in fields:
+            value = row.get(field) if isinstance(row, dict) else None
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{source}: row {i}: field {field!r} must be a non-empty string, "
+                                 f"got {value!r}")
+
+
+def load_jsonl(path, fields=REQUIRED_FIELDS) -> list[dict]:
+    """Load a JSONL file through `datasets` exactly like a real dataset, then validate every row."""
+    from datasets import load_dataset
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset file {path} does not exist")
+    rows = load_dataset("json", data_files=str(path), split="train").to_list()
+    validate_rows(rows, str(path), fields)
+    return rows
+
+
+def format_prompt(tokenizer, prompt: str) -> str:
+    """The prompt as the model sees it: through the chat template when the tokenizer has one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt
+
+
+def encode_prompts(tokenizer, prompts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids and mask, (B, P) each."""
+    texts = [format_prompt(tokenizer, p) for p in prompts]
+    enc = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False,
+                    padding_side="left")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    return (ids.to(device), mask.to(device)) if device is not None else (ids, mask)
+
+
+def encode_batch(tokenizer, prompts: list[str], responses: list[str], max_response_tokens: int
+                 ) -> SequenceBatch:
+    """Prompts left-padded, responses right-padded and ended with EOS (kept as a target even when
+    pad == eos, because the mask is built from lengths, not from token values)."""
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+    eos = tokenizer.eos_token_id
+    resp = [tokenizer(r, add_special_tokens=False)["input_ids"][: max_response_tokens - 1] + [eos]
+            for r in responses]
+    n = max(len(r) for r in resp)
+    resp_ids = torch.full((len(resp), n), tokenizer.pad_token_id, dtype=torch.long)
+    resp_mask = torch.zeros((len(resp), n), dtype=torch.bool)
+    for i, r in enumerate(resp):
+        resp_ids[i, : len(r)] = torch.tensor(r)
+        resp_mask[i, : len(r)] = True
+    input_ids = torch.cat([prompt_ids, resp_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask.bool(), resp_mask], dim=1).long()
+    response_mask = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.bool), resp_mask], dim=1)
+    return SequenceBatch(input_ids, attention_mask, response_mask, prompt_ids.shape[1])
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -1,0 +1,108 @@
+"""Evaluation (SPEC §6): batched greedy decoding, ROUGE-L F (stemmed), numeric-answer accuracy,
+per-example outputs and scores by response-length bucket."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from kdlib.data import encode_prompts
+
+_NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
+_ANSWER_PATTERNS = [re.compile(r"####\s*(" + _NUMBER + ")"),
+                    re.compile(r"[Tt]he answer is:?\s*\$?(" + _NUMBER + ")")]
+
+
+def extract_answer(text: str):
+    """The final number of a response: after `####` or "The answer is"; else the last number."""
+    for pattern in _ANSWER_PATTERNS:
+        found = pattern.findall(text)
+        if found:
+            return _to_number(found[-1])
+    numbers = re.findall(_NUMBER, text)
+    return _to_number(numbers[-1]) if numbers else None
+
+
+def _to_number(s: str):
+    try:
+        return float(s.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def answer_correct(response: str, reference_answer: str) -> bool:
+    got, want = extract_answer(response), _to_number(str(reference_answer))
+    return got is not None and want is not None and abs(got - want) < 1e-6
+
+
+_SCORER = None
+
+
+def rouge_l(reference: str, prediction: str) -> float:
+    """ROUGE-L F-measure with stemming, from the `rouge-score` package."""
+    global _SCORER
+    if _SCORER is None:
+        from rouge_score import rouge_scorer
+
+        _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return _SCORER.score(reference, prediction)["rougeL"].fmeasure
+
+
+@torch.no_grad()
+def greedy_decode(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 64,
+                  progress: bool = False) -> list[str]:
+    """Greedy responses, batched with left padding; special tokens stripped."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    for i in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="decode", leave=False):
+        ids, mask = encode_prompts(tokenizer, prompts[i:i + batch_size], device)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        outputs += tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    return [o.strip() for o in outputs]
+
+
+def score_rows(rows: list[dict], predictions: list[str], metric: str) -> list[dict]:
+    """Per-example records: prompt, reference, prediction, score, reference length."""
+    records = []
+    for row, pred in zip(rows, predictions):
+        if metric == "accuracy":
+            score = float(answer_correct(pred, row["answer"]))
+        else:
+            score = rouge_l(row["response"], pred)
+        records.append({"id": row.get("id"), "prompt": row["prompt"], "reference": row["response"],
+                        "prediction": pred, "score": score, "ref_words": len(row["response"].split()),
+                        "steps": row.get("steps")})
+    return records
+
+
+def length_buckets(records: list[dict], edges=(0, 12, 24, 36, 1_000_000)) -> list[dict]:
+    """Mean score per reference-length bucket (in words), with counts."""
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = [r["score"] for r in records if lo <= r["ref_words"] < hi]
+        if sel:
+            label = f"{lo}-{hi - 1}" if hi < 1_000_000 else f"{lo}+"
+            out.append({"bucket": label, "n": len(sel), "score": sum(sel) / len(sel)})
+    return out
+
+
+def evaluate(model, tokenizer, rows: list[dict], *, metric: str, max_new_tokens: int,
+             out_path=None, progress: bool = False) -> dict:
+    """Score `model` on `rows`; write per-example outputs to `out_path` (JSONL) when given."""
+    preds = greedy_decode(model, tokenizer, [r["prompt"] for r in rows],
+                          max_new_tokens=max_new_tokens, progress=progress)
+    records = score_rows(rows, preds, metric)
+    if out_path is not None:
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        tmp.replace(out_path)
+    return {"metric": metric, "score": sum(r["score"] for r in records) / max(1, len(records)),
+            "n": len(records), "buckets": length_buckets(records)}

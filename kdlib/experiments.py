@@ -1,0 +1,212 @@
+"""Run configs end to end — models, data, training, evaluation — cached by config hash.
+
+`run(cfg)` returns the result row of one run; a second call with the same config reads it from the
+cache. `run_grid(configs)` returns a results table (a list of rows) for the notebooks to plot.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from kdlib import checkpoints, workload
+from kdlib.config import RunConfig
+from kdlib.models import EMBEDDED_SIZES, build_llama, load_model, n_params, pick_device_dtype
+from kdlib.sources import build_source
+from kdlib.train import Trainer
+
+log = logging.getLogger(__name__)
+
+# The teacher recipe per task: SFT from scratch on the full training pool (measured in the workload
+# report, figures/workload/).
+TEACHER_STEPS = {"arith": 1500, "summ": 1000}
+# The student's supervised warm-up before distillation (GKD and AdaSwitch start from an SFT student).
+SFT_INIT_STEPS = 300
+
+
+def teacher_recipe(task: str, size: str = "teacher", steps: int | None = None) -> RunConfig:
+    return RunConfig(method="sft", task=task, student=size, student_init="scratch", n_train=40000,
+                     steps=steps or TEACHER_STEPS[task], batch_size=32, lr=1e-3, warmup_steps=50,
+                     eval_splits=tuple(s for s in workload.TASK_SPLITS[task] if s != "train"),
+                     n_eval=300)
+
+
+def teacher_config(cfg: RunConfig) -> RunConfig:
+    """The run that trains `cfg`'s embedded teacher."""
+    return teacher_recipe(cfg.task, cfg.teacher, cfg.teacher_steps or None)
+
+
+def sft_init_recipe(cfg: RunConfig) -> RunConfig:
+    """The supervised warm-up that `student_init='sft'` starts from: same student, task, rows, seed."""
+    return RunConfig(method="sft", task=cfg.task, student=cfg.student, student_init="scratch",
+                     n_train=cfg.n_train, steps=min(SFT_INIT_STEPS, cfg.steps * 3), batch_size=32,
+                     lr=3e-3, warmup_steps=20, seed=cfg.seed, n_eval=cfg.n_eval,
+                     eval_splits=cfg.eval_splits, max_new_tokens=cfg.max_new_tokens)
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    return workload.cache_root() / "runs" / cfg.hash()
+
+
+def run(cfg: RunConfig, *, progress: bool = True, teacher_cfg: RunConfig | None = None) -> dict:
+    """Train and evaluate `cfg` (or read its cached result). Returns the result row."""
+    d = run_dir(cfg)
+    if (d / "result.json").exists():
+        return json.loads((d / "result.json").read_text())
+    return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
+
+
+def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> dict:
+    from kdlib import evaluate as ev
+    from kdlib import samplers
+
+    t0 = time.time()
+    _quiet_libraries()
+    device, dtype = pick_device_dtype(cfg.dtype)
+    tok = workload.embedded_tokenizer()
+    teacher = None
+    if _needs_teacher(cfg):
+        tcfg = teacher_cfg or teacher_config(cfg)
+        run(tcfg, progress=progress)
+        teacher = load_model(str(run_dir(tcfg) / "model"), device=device, dtype=dtype)
+    student = _initial_student(cfg, tok, progress).to(device=device, dtype=dtype)
+    rows = workload.load_split(cfg.task, "train", cfg.n_train)
+    r = cfg.resolved
+    if r["source"] == "seqkd":
+        rows = seqkd_rows(cfg, teacher, tok, rows)
+    source = build_source(r["source"], rows, cfg.seed, cfg.student_data_fraction)
+    sampler = samplers.build_sampler(r["sampler"], **r["sampler_params"]) if r["sampler"] else None
+    curve_rows = workload.load_split(cfg.task, cfg.eval_splits[0], cfg.n_eval)
+    trainer = Trainer(cfg, student=student, teacher=teacher, tokenizer=tok, source=source,
+                      sampler=sampler, run_dir=d, progress=progress,
+                      on_eval=lambda t: _eval_during_training(t, curve_rows))
+    last = checkpoints.latest(trainer)
+    if last is not None:  # an interrupted run: resume exactly where it stopped
+        log.info("resuming %s from %s", d, last)
+        checkpoints.load(trainer, last)
+    trainer.fit()
+    model = trainer.acc.unwrap_model(trainer.student)
+    model.save_pretrained(d / "model.tmp")
+    (d / "model.tmp").replace(d / "model") if not (d / "model").exists() else None
+    scores = {}
+    for split in cfg.eval_splits:
+        rows_eval = workload.load_split(cfg.task, split, cfg.n_eval)
+        scores[split] = ev.evaluate(model, tok, rows_eval, metric=workload.TASK_METRIC[cfg.task],
+                                    max_new_tokens=cfg.max_new_tokens,
+                                    out_path=d / f"predictions-{split}.jsonl", progress=progress)
+    result = {
+        "hash": cfg.hash(), **cfg.to_dict(), **{f"resolved_{k}": v for k, v in r.items()},
+        "score": scores[cfg.eval_splits[0]]["score"],
+        **{f"score_{s}": v["score"] for s, v in scores.items()},
+        "buckets": {s: v["buckets"] for s, v in scores.items()},
+        "student_params": n_params(model), "train_seconds": trainer.state.seconds,
+        "wall_seconds": time.time() - t0,
+        "seconds_per_step": trainer.state.seconds / max(1, trainer.state.step),
+        "teacher_forwards": trainer.state.forwards.teacher,
+        "student_forwards": trainer.state.forwards.student,
+        "teacher_fraction": _mean(m["teacher_fraction"] for m in trainer.state.metrics
+                                  if m["source"] == "sampler"),
+        "final_loss": trainer.state.metrics[-1]["loss"] if trainer.state.metrics else float("nan"),
+        "curve": trainer.state.metrics,
+        "provenance": provenance(device, dtype),
+    }
+    _write_json(d / "result.json", result)
+    return result
+
+
+def _quiet_libraries() -> None:
+    """Our own tqdm bars say what is happening; the libraries' per-file bars only add noise."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def _eval_during_training(trainer, rows) -> None:
+    """Score the student every `eval_every` steps (the learning curve). DistiLLM's adaptive schedule
+    is fed the negated score as its validation loss (the paper uses the validation loss itself)."""
+    from kdlib import evaluate as ev
+
+    cfg = trainer.cfg
+    model = trainer.acc.unwrap_model(trainer.student)
+    score = ev.evaluate(model, trainer.tokenizer, rows, metric=workload.TASK_METRIC[cfg.task],
+                        max_new_tokens=cfg.max_new_tokens)["score"]
+    model.train()
+    trainer.state.metrics[-1]["eval_score"] = score
+    if hasattr(trainer.source, "report_validation"):
+        trainer.source.report_validation(-score)
+
+
+def _needs_teacher(cfg: RunConfig) -> bool:
+    from kdlib import divergences
+
+    r = cfg.resolved
+    return (divergences.needs_teacher(r["divergence"]) or r["source"] == "seqkd"
+            or r["sampler"] not in (None, "student"))
+
+
+def _initial_student(cfg: RunConfig, tok, progress: bool):
+    if cfg.student_init == "sft":
+        init = sft_init_recipe(cfg)
+        run(init, progress=progress)
+        return load_model(str(run_dir(init) / "model"))
+    if cfg.student in EMBEDDED_SIZES:
+        return build_llama(EMBEDDED_SIZES[cfg.student], tok, seed=cfg.seed)
+    return load_model(cfg.student)
+
+
+def seqkd_rows(cfg: RunConfig, teacher, tok, rows: list[dict]) -> list[dict]:
+    """The training rows with the teacher's greedy responses (SeqKD data), generated once and cached."""
+    from kdlib.evaluate import greedy_decode
+
+    def build(dd: Path):
+        outs = greedy_decode(teacher, tok, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens)
+        (dd / "rows.jsonl").write_text("".join(
+            json.dumps({**r, "teacher_response": o or "."}) + "\n" for r, o in zip(rows, outs)))
+
+    key = {"teacher": teacher_config(cfg).hash(), "task": cfg.task, "n": len(rows),
+           "max_new_tokens": cfg.max_new_tokens}
+    d = workload.cached_dir("seqkd", key, build)
+    return [json.loads(line) for line in (d / "rows.jsonl").read_text().splitlines()]
+
+
+def provenance(device, dtype) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    versions = {}
+    for pkg in ("torch", "transformers", "accelerate", "datasets", "kdlib"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"git_commit": commit, "versions": versions, "python": platform.python_version(),
+            "device": str(device), "dtype": str(dtype), "threads": torch.get_num_threads()}
+
+
+def run_grid(configs: list[RunConfig], *, progress: bool = True) -> list[dict]:
+    """Run (or read from cache) every config; one result row each."""
+    from tqdm.auto import tqdm
+
+    return [run(c, progress=progress) for c in tqdm(configs, desc="runs", disable=not progress)]
+
+
+def _mean(values):
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    tmp.replace(path)

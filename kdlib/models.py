@@ -1,0 +1,126 @@
+"""Models and tokenizers through the real Hugging Face path.
+
+The embedded profile builds a word-level tokenizer (``tokenizers``) and Llama causal LMs from configs,
+saves them with ``save_pretrained`` and loads them with ``from_pretrained`` -- the same calls the paper
+profile makes on hub names. Device and dtype are decided once here, with the reason logged.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import PreTrainedTokenizerFast
+
+log = logging.getLogger(__name__)
+
+PAD, EOS, UNK, USER, ASSISTANT = "<pad>", "<eos>", "<unk>", "<user>", "<assistant>"
+# A minimal chat template, so the embedded pair goes through apply_chat_template like instruct models.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """A Llama shape: layers x hidden width, attention heads, MLP width."""
+
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+
+
+# Embedded sizes; parameter counts for the embedded vocabulary are printed by the workload report.
+EMBEDDED_SIZES = {
+    "teacher": ModelSize(layers=4, hidden=256, heads=4, intermediate=512),
+    "student-m": ModelSize(layers=2, hidden=128, heads=4, intermediate=256),
+    "student-s": ModelSize(layers=2, hidden=64, heads=2, intermediate=128),
+    "tiny": ModelSize(layers=1, hidden=32, heads=2, intermediate=64),  # tests and smoke runs
+}
+
+
+def build_word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer over `words`, with pad/eos/unk and chat role tokens."""
+    specials = [PAD, EOS, UNK, USER, ASSISTANT]
+    vocab = {w: i for i, w in enumerate(specials + [w for w in words if w not in specials])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"
+    return tok
+
+
+def build_llama(size: ModelSize, tokenizer, seed: int) -> LlamaForCausalLM:
+    """A randomly initialised Llama of `size` whose vocabulary matches `tokenizer`."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.heads,
+        intermediate_size=size.intermediate,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)  # HF init draws from the global RNG; seed it so builds are reproducible
+    return LlamaForCausalLM(config)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def pick_device_dtype(requested_dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """CUDA + bf16 where available, else CPU float32; bf16 asked for where unsupported fails loudly."""
+    if torch.cuda.is_available():
+        device, reason = torch.device("cuda"), "CUDA is available"
+        bf16_ok = torch.cuda.is_bf16_supported()
+    else:
+        device, reason, bf16_ok = torch.device("cpu"), "no CUDA device", False
+    if requested_dtype == "auto":
+        dtype = torch.bfloat16 if bf16_ok else torch.float32
+    elif requested_dtype == "bfloat16" and not bf16_ok:
+        raise ValueError(f"dtype='bfloat16' was requested but {device} does not support it; use 'auto'")
+    else:
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[requested_dtype]
+    log.info("device %s, dtype %s (%s)", device, dtype, reason)
+    return device, dtype
+
+
+def load_model(path_or_name: str, *, device=None, dtype=torch.float32, **kwargs):
+    """`from_pretrained` on a local directory or a hub name (the paper profile)."""
+    model = AutoModelForCausalLM.from_pretrained(path_or_name, dtype=dtype, **kwargs)
+    return model.to(device) if device is not None else model
+
+
+def load_tokenizer(path_or_name: str, **kwargs):
+    tok = AutoTokenizer.from_pretrained(path_or_name, **kwargs)
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def check_same_tokenizer(teacher_tok, student_tok) -> None:
+    """Refuse a pair whose tokenizers or chat templates differ: the teacher signal would be biased."""
+    t_vocab, s_vocab = teacher_tok.get_vocab(), student_tok.get_vocab()
+    shared = min(len(t_vocab), len(s_vocab))
+    t_items = sorted(t_vocab.items(), key=lambda kv: kv[1])[:shared]
+    s_items = sorted(s_vocab.items(), key=lambda kv: kv[1])[:shared]
+    if t_items != s_items:
+        diff = next(i for i, (a, b) in enumerate(zip(t_items, s_items)) if a != b)
+        raise ValueError(
+            f"teacher and student tokenizers differ (first at id {diff}: teacher {t_items[diff][0]!r}, "
+            f"student {s_items[diff][0]!r}); token-level distillation needs one tokenizer family"
+        )
+    if teacher_tok.chat_template != student_tok.chat_template:
+        raise ValueError("teacher and student chat templates differ; format both with one template "
+                         "(pass chat_template_from='teacher') so the teacher sees the student's prompts")

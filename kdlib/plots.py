@@ -1,0 +1,51 @@
+"""The figure style and the few helpers the notebooks share: save figures (PNG + PDF) and tables
+(CSV + Markdown) under one output folder, with a provenance note beside them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg") if matplotlib.get_backend().lower() == "agg" else None
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+
+def style() -> None:
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.dpi": 110, "savefig.bbox": "tight", "figure.figsize": (6, 3.6)})
+
+
+def save_figure(fig, out_dir, name: str) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
+        fig.savefig(out / f"{name}.{ext}", metadata=None if ext == "png" else {"CreationDate": None})
+    return out / f"{name}.png"
+
+
+def save_table(df: pd.DataFrame, out_dir, name: str, floatfmt: str = ".3f") -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / f"{name}.csv", index=False)
+    (out / f"{name}.md").write_text(df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+    return out / f"{name}.md"
+
+
+def save_provenance(results: list[dict], out_dir, extra: dict | None = None) -> Path:
+    """Which configs, seeds and commit made the figures in `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [{"hash": r["hash"], "method": r["method"], "task": r["task"], "student": r["student"],
+             "seed": r["seed"], "git_commit": r["provenance"]["git_commit"]} for r in results]
+    path = out / "provenance.json"
+    path.write_text(json.dumps({"runs": runs, **(extra or {})}, indent=1))
+    return path
+
+
+def mean_std(df: pd.DataFrame, by: list[str], value: str = "score") -> pd.DataFrame:
+    """Mean, standard deviation and seed count of `value` per group."""
+    g = df.groupby(by, sort=False)[value]
+    return g.agg(mean="mean", std="std", seeds="count").reset_index()

@@ -1,0 +1,84 @@
+"""Execute the numbered notebooks through papermill: ``python -m kdlib.reproduce [--smoke]``.
+
+- default (embedded profile): every notebook with its own parameters; figures and tables go to
+  ``figures/<notebook>/``; the executed copies to ``.cache/executed/``.
+- ``--smoke``: every notebook at its smallest settings, with a throw-away cache and output folder,
+  so CI executes every cell in seconds without touching the committed figures.
+- ``--profile paper``: the paper profile's parameters (GPU machines with hub access);
+  ``--dry-run`` prints the runs it would launch instead.
+
+A failure names the notebook and the cell that failed; the run stops there.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def notebooks(only: list[str] | None = None) -> list[Path]:
+    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [p for p in found if any(o in p.stem for o in only)]
+    return found
+
+
+def execute(path: Path, parameters: dict, out_path: Path, env: dict | None = None) -> float:
+    """Run one notebook with papermill; raise naming the notebook if a cell fails."""
+    import papermill
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    t0 = time.time()
+    try:
+        papermill.execute_notebook(str(path), str(out_path), parameters=parameters, kernel_name="python3",
+                                   cwd=str(NOTEBOOKS), progress_bar=False, log_output=False)
+    except papermill.PapermillExecutionError as e:
+        raise SystemExit(f"notebook {path.name} failed in cell {e.cell_index}: {e.ename}: {e.evalue}\n"
+                         f"(executed copy with the traceback: {out_path})") from None
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return time.time() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="smallest settings, throw-away outputs")
+    ap.add_argument("--profile", default="embedded", choices=("embedded", "paper"))
+    ap.add_argument("--dry-run", action="store_true", help="paper profile: list the runs, run nothing")
+    ap.add_argument("--only", nargs="*", help="substrings of notebook names to run")
+    args = ap.parse_args(argv)
+    if args.dry_run:
+        if args.profile != "paper":
+            ap.error("--dry-run is for --profile paper")
+        from kdlib.paper import dry_run
+
+        dry_run.main()
+        return 0
+    executed = ROOT / ".cache" / "executed"
+    total = 0.0
+    with tempfile.TemporaryDirectory(prefix="kdlib-smoke-") as tmp:
+        for nb in notebooks(args.only):
+            params = {"profile": args.profile}
+            env = {}
+            if args.smoke:
+                params.update(smoke=True, seeds=[0], out_dir=str(Path(tmp) / "figures" / nb.stem))
+                env["KDLIB_CACHE"] = str(Path(tmp) / "cache")
+            print(f"[reproduce] {nb.name} ({'smoke' if args.smoke else args.profile}) ...", flush=True)
+            seconds = execute(nb, params, (Path(tmp) if args.smoke else executed) / nb.name, env)
+            total += seconds
+            print(f"[reproduce] {nb.name} done in {seconds:.0f} s", flush=True)
+    print(f"[reproduce] all notebooks done in {total:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The five rules of SPEC §3: who emits token t. Each is a few lines on top of the shared decoder.
+
+All decisions use the untempered distributions p (teacher) and q (student) over the shared id prefix, in
+float32 and natural log; the sampling temperature only shapes the draws.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kdlib.samplers.decoder import Sampler
+
+Tensor = torch.Tensor
+
+
+def step_distance(kind: str, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """Per-row distance between p = softmax(teacher_logits) and q = softmax(student_logits), (B, V) → (B,).
+
+    fkl = KL(p‖q), rkl = KL(q‖p), jsd = ½ KL(p‖m) + ½ KL(q‖m) with m = ½(p + q), tvd = ½ Σ|p − q|.
+    The same values as `kdlib.divergences` at one position, without its chunking and autograd machinery
+    (this runs once per decoding step on a (B, V) block)."""
+    logq, logp = student_logits.log_softmax(-1), teacher_logits.log_softmax(-1)
+    q, p = logq.exp(), logp.exp()
+    if kind == "tvd":
+        return 0.5 * (p - q).abs().sum(-1)
+    if kind == "fkl":
+        return _xlogx_ratio(p, logp, logq)
+    if kind == "rkl":
+        return _xlogx_ratio(q, logq, logp)
+    if kind == "jsd":
+        logm = torch.logaddexp(logp, logq)  # mix probabilities, not logits
+        return 0.5 * (_xlogx_ratio(p, logp, logm) + _xlogx_ratio(q, logq, logm))
+    raise ValueError(f"unknown distance {kind!r}")
+
+
+def _xlogx_ratio(a: Tensor, log_a: Tensor, log_b: Tensor) -> Tensor:
+    """Σ_v a (log a − log b), with 0·log 0 = 0 so -inf logits give no NaN."""
+    return torch.where(a > 0, a * (log_a - log_b), 0.0).sum(-1)
+
+
+class StudentSampler(Sampler):
+    """On-policy (GKD, ImitKD, on-policy KD): every token from q. The teacher never runs."""
+
+    name, uses_teacher = "student", False
+
+    def decide(self, t, student_logits, teacher_logits, student_token, state):
+        return torch.zeros_like(student_token, dtype=torch.bool)
+
+
+class TeacherSampler(Sampler):
+    """SeqKD data: every token from p. The student never runs."""
+
+    name, uses_student = "teacher", False
+
+    def decide(self, t, student_logits, teacher_logits, student_token, state):
+        return torch.ones_like(student_token, dtype=torch.bool)
+
+
+class SKDSampler(Sampler):
+    """Speculative KD (Xu et al. 2024): the student proposes y ~ q; if y is not among the teacher's top_k
+    ids (by untempered p; ties at the K-th value count as inside), the token is a fresh draw from p.
+    top_k = |V| is on-policy, top_k = 0 is the teacher. Token-by-token form of the rule (no 5-token drafts)."""
+
+    name = "skd"
+
+    def __init__(self, top_k: int):
+        self.top_k = top_k
+
+    def decide(self, t, student_logits, teacher_logits, student_token, state):
+        k = min(self.top_k, teacher_logits.shape[-1])
+        if k == 0:
+            return torch.ones_like(student_token, dtype=torch.bool)
+        kth = teacher_logits.topk(k, dim=-1).values[:, -1]  # (B,) K-th largest teacher logit
+        proposed = teacher_logits.gather(-1, student_token[:, None]).squeeze(-1)  # (B,)
+        return proposed < kth  # outside the top-K: the teacher replaces it
+
+
+class SwitchSampler(Sampler):
+    """SWITCH (Koo et al. 2025): the teacher emits token t iff JSD(0.5)(p_t, q_t) > τ_t, per token and
+    reversibly. τ_t = τ0·exp(−decay·t) ("exp", the paper's), τ0·max(0, 1 − decay·t) ("linear") or τ0
+    ("constant"); t counted from 0 inside the response. JSD in nats, bounded by ln 2."""
+
+    name = "switch"
+
+    def __init__(self, tau0: float, decay: float, schedule: str):
+        self.tau0, self.decay, self.schedule = tau0, decay, schedule
+
+    def threshold(self, t: int) -> float:
+        """τ_t."""
+        if self.schedule == "exp":
+            return self.tau0 * math.exp(-self.decay * t)
+        if self.schedule == "linear":
+            return self.tau0 * max(0.0, 1.0 - self.decay * t)
+        return self.tau0
+
+    def decide(self, t, student_logits, teacher_logits, student_token, state):
+        return step_distance("jsd", student_logits, teacher_logits) > self.threshold(t)
+
+
+class AdaSwitchSampler(Sampler):
+    """AdaSwitch (Peng et al. 2025): the student writes while d_i = distance(p_i, q_i) stays ordinary; at
+    the first step i >= window with d_i > k · mean(d_{i−window} … d_{i−1}) the row switches, and token i
+    and every later token come from the teacher (one irreversible switch per row). Once every live row
+    has switched the student stops running."""
+
+    name = "adaswitch"
+
+    def __init__(self, k: float, window: int, distance: str):
+        self.k, self.window, self.distance = k, window, distance
+
+    def init_state(self, batch_size, device):
+        return {"switched": torch.zeros(batch_size, dtype=torch.bool, device=device),
+                "recent": torch.zeros(batch_size, self.window, device=device)}  # ring buffer of d
+
+    def decide(self, t, student_logits, teacher_logits, student_token, state):
+        d = step_distance(self.distance, student_logits, teacher_logits)  # (B,)
+        if t >= self.window:
+            state["switched"] = state["switched"] | (d > self.k * state["recent"].mean(1))
+        state["recent"][:, t % self.window] = d  # rows that switched no longer read it
+        return state["switched"]
+
+    def student_still_needed(self, state, alive):
+        return bool((alive & ~state["switched"]).any())

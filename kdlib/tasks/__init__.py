@@ -1,0 +1,1 @@
+"""Embedded task generators and (paper profile) dataset loaders."""

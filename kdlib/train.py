@@ -1,0 +1,241 @@
+"""The training loop: one loop for every method (SPEC §1, §4), on accelerate.
+
+One optimizer step:
+  1. the source draws every micro-batch of the step (sampling runs here, without gradients);
+  2. the response tokens of the whole step are counted, summed over processes: that is the denominator;
+  3. per micro-batch: student forward → per-position divergence (B, N) → masked sum / step tokens → backward;
+  4. clip, optimizer step, scheduler step; a metrics row; a checkpoint when due.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from kdlib import divergences
+from kdlib.config import RunConfig
+from kdlib.data import SequenceBatch, position_ids
+from kdlib.sources import Source, StepContext
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN or inf loss: the run stops, the last good checkpoint stays."""
+
+
+@dataclass
+class Forwards:
+    """Forward-pass counts, for the cost tables and provenance."""
+
+    teacher: int = 0
+    student: int = 0
+
+    def add_rollout(self, stats: dict):
+        self.teacher += int(stats.get("teacher_forwards", 0))
+        self.student += int(stats.get("student_forwards", 0))
+
+
+def response_logits(model, batch: SequenceBatch) -> torch.Tensor:
+    """Logits that predict each response token, (B, N, V): positions P-1 … P+N-2.
+
+    Only the last N+1 positions are projected to the vocabulary (`logits_to_keep`), so the prompt
+    never costs a (P, V) block."""
+    n = batch.input_ids.shape[1] - batch.prompt_length
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=position_ids(batch.attention_mask), logits_to_keep=n + 1, use_cache=False)
+    return out.logits[:, :-1]  # (B, N, V)
+
+
+def micro_batch_loss_sum(student, teacher, batch: SequenceBatch, cfg: RunConfig,
+                         forwards: Forwards) -> tuple[torch.Tensor, int]:
+    """Sum of the per-position loss over response tokens of one micro-batch, and its token count."""
+    r = cfg.resolved
+    name, params = r["divergence"], dict(r["divergence_params"])
+    P = batch.prompt_length
+    mask = batch.response_mask[:, P:]  # (B, N)
+    student_logits = response_logits(student, batch)  # (B, N, V)
+    forwards.student += 1
+    kwargs = {"temperature": cfg.loss_temperature, "chunk_size": cfg.chunk_size or None, **params}
+    if divergences.needs_teacher(name):
+        teacher_logits = batch.teacher_logits
+        if teacher_logits is None:  # no logits kept by the sampler: one teacher forward
+            with torch.no_grad():
+                teacher_logits = response_logits(teacher, batch)
+            forwards.teacher += 1
+        kwargs["teacher_logits"] = teacher_logits
+    else:
+        targets = batch.input_ids[:, P:].masked_fill(~mask, -100)
+        kwargs["target_ids"] = targets
+    values = divergences.per_token_loss(name, student_logits, **kwargs)  # (B, N)
+    return divergences.masked_sum(values, mask), int(mask.sum())
+
+
+def lr_lambda(cfg: RunConfig):
+    """Linear warm-up, then cosine decay to 10 % of the peak."""
+    def f(step):
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    metrics: list = field(default_factory=list)
+    forwards: Forwards = field(default_factory=Forwards)
+    seconds: float = 0.0
+
+
+class Trainer:
+    """Runs `cfg` on given models and rows; `run_dir` receives metrics, checkpoints and provenance."""
+
+    def __init__(self, cfg: RunConfig, *, student, teacher, tokenizer, source: Source, sampler,
+                 run_dir, accelerator=None, progress: bool = True, on_eval=None):
+        from accelerate import Accelerator
+
+        self.cfg, self.tokenizer, self.source, self.progress = cfg, tokenizer, source, progress
+        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.on_eval = on_eval
+        torch.manual_seed(cfg.seed)
+        opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+        self.student, self.opt, self.sched = self.acc.prepare(student, opt, sched)
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+            self.teacher = teacher.to(self.acc.device)
+        self.ctx = StepContext(tokenizer, self.acc.unwrap_model(self.student), self.teacher, sampler,
+                               cfg.max_new_tokens, cfg.sample_temperature, self.acc.device)
+        self.state = TrainState()
+
+    # ---- one optimizer step -------------------------------------------------------------------
+    def draw_step(self) -> tuple[list[SequenceBatch], str, dict]:
+        cfg, stats = self.cfg, {}
+        if hasattr(self.source, "new_step"):
+            self.source.new_step()
+        n_micro = cfg.grad_accum_steps
+        per_process = cfg.micro_batch_size_resolved // self.acc.num_processes or 1
+        batches, used = [], None
+        self.student.eval()
+        with torch.no_grad():
+            for _ in range(n_micro):
+                b, used = self.source.batch(self.ctx, per_process)
+                if used == "sampler":
+                    stats = _merge_stats(stats, self.source.last_stats)
+                    self.state.forwards.add_rollout(self.source.last_stats)
+                batches.append(b)
+        self.student.train()
+        return batches, used, stats
+
+    def global_tokens(self, batches) -> int:
+        local = torch.tensor(sum(int(b.response_mask.sum()) for b in batches), device=self.acc.device)
+        return int(self.acc.reduce(local, reduction="sum")) if self.acc.num_processes > 1 else int(local)
+
+    def accumulate_gradients(self, batches: list[SequenceBatch]) -> float:
+        """Backward over every micro-batch; gradients = d(sum of losses / step tokens)."""
+        total = self.global_tokens(batches)
+        loss_value = 0.0
+        for i, b in enumerate(batches):
+            last = i == len(batches) - 1
+            with (_nullcontext() if last else self.acc.no_sync(self.student)):
+                loss_sum, _ = micro_batch_loss_sum(self.student, self.teacher, b, self.cfg,
+                                                   self.state.forwards)
+                # DDP averages gradients over processes; multiply back so the result is sum / total.
+                self.acc.backward(loss_sum / max(total, 1) * self.acc.num_processes)
+            loss_value += float(loss_sum.detach()) / max(total, 1)
+        if self.acc.num_processes > 1:
+            loss_value = float(self.acc.reduce(torch.tensor(loss_value, device=self.acc.device), "sum"))
+        return loss_value
+
+    def step(self) -> dict:
+        t0 = time.perf_counter()
+        batches, used, stats = self.draw_step()
+        loss_value = self.accumulate_gradients(batches)
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"loss is {loss_value} at step {self.state.step + 1}; stopped, the last good "
+                f"checkpoint in {self.run_dir / 'checkpoints'} is kept")
+        if self.cfg.max_grad_norm > 0:
+            self.acc.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.state.step += 1
+        seconds = time.perf_counter() - t0
+        self.state.seconds += seconds
+        total = sum(int(b.response_mask.sum()) for b in batches)
+        row = {"step": self.state.step, "loss": loss_value, "tokens": total, "source": used,
+               "lr": self.sched.get_last_lr()[0], "seconds": seconds,
+               "tokens_per_s": total / seconds if seconds else 0.0,
+               "teacher_fraction": stats.get("teacher_fraction", 0.0),
+               "switch_rate": stats.get("switch_rate", float("nan"))}
+        self.state.metrics.append(row)
+        return row
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def fit(self) -> TrainState:
+        from kdlib import checkpoints
+
+        cfg = self.cfg
+        bar = tqdm(total=cfg.steps, initial=self.state.step, disable=not self.progress,
+                   desc=f"{cfg.method} {cfg.task}", leave=False)
+        while self.state.step < cfg.steps:
+            row = self.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", teacher=f"{row['teacher_fraction']:.2f}",
+                            tok_s=f"{row['tokens_per_s']:.0f}")
+            if cfg.eval_every and self.state.step % cfg.eval_every == 0 and self.on_eval:
+                self.on_eval(self)
+            if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
+                checkpoints.save(self)
+        bar.close()
+        self.write_metrics()
+        return self.state
+
+    def write_metrics(self):
+        if not self.acc.is_main_process or not self.state.metrics:
+            return
+        path = self.run_dir / "metrics.csv"
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            keys = list(dict.fromkeys(k for r in self.state.metrics for k in r))
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.state.metrics)
+        os.replace(tmp, path)
+
+
+def _merge_stats(acc: dict, new: dict) -> dict:
+    """Token-weighted teacher fraction and row-weighted switch rate over a step's micro-batches."""
+    n_tok, n_rows = int(new.get("new_tokens", 0)), len(new.get("switch_positions", [])) or 1
+    out = {"_tok": acc.get("_tok", 0) + n_tok, "_rows": acc.get("_rows", 0) + n_rows,
+           "_teacher": acc.get("_teacher", 0.0) + float(new.get("teacher_fraction", 0.0)) * n_tok,
+           "_switched": acc.get("_switched", 0.0) + float(torch.as_tensor(
+               new.get("switched", [False])).float().sum())}
+    out["teacher_fraction"] = out["_teacher"] / max(out["_tok"], 1)
+    if "switched" in new or "switch_rate" in acc:
+        out["switch_rate"] = out["_switched"] / out["_rows"]
+    return out
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

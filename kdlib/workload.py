@@ -1,0 +1,89 @@
+"""The embedded workload: task files, the word-level tokenizer, and the cache they live in.
+
+Everything here is derived from a seed and cached under `cache_root()` in a folder named by a hash of
+what made it. A build writes into a temporary folder and renames it when complete, so an interrupted
+build never leaves an artifact that a later run would trust. `make clean` removes the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from kdlib.tasks.embedded import TaskSpec, generate_rows, vocabulary, write_jsonl
+
+# Per task: how rows are generated and how a response is scored.
+TASK_SPECS = {
+    "arith": TaskSpec("arith", n_train=40000, n_test=300, min_steps=1, max_steps=6, seed=0),
+    "summ": TaskSpec("summ", n_train=40000, n_test=300, min_steps=1, max_steps=5, seed=0),
+}
+TASK_METRIC = {"arith": "accuracy", "summ": "rougeL"}
+TASK_SPLITS = {"arith": ("train", "test", "plus"), "summ": ("train", "test")}
+
+
+def cache_root() -> Path:
+    """$KDLIB_CACHE, else .cache/kdlib in the current directory's repository root."""
+    env = os.environ.get("KDLIB_CACHE")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / ".cache" / "kdlib"
+
+
+def key_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def cached_dir(kind: str, key: dict, build: Callable[[Path], None]) -> Path:
+    """`cache/<kind>/<hash of key>`: built by `build(tmp_dir)` once, then renamed into place."""
+    final = cache_root() / kind / key_hash(key)
+    if (final / "DONE").exists():
+        return final
+    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
+    build(tmp)
+    (tmp / "DONE").write_text("complete\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def task_dir(task: str) -> Path:
+    """JSONL files of every split of an embedded task, generated from its TaskSpec."""
+    if task not in TASK_SPECS:
+        raise ValueError(f"unknown embedded task {task!r}; choose one of {sorted(TASK_SPECS)}")
+    spec = TASK_SPECS[task]
+
+    def build(d: Path):
+        for split in TASK_SPLITS[task]:
+            write_jsonl(generate_rows(spec, split), d / f"{split}.jsonl")
+
+    return cached_dir("data", {"spec": vars(spec), "splits": TASK_SPLITS[task]}, build)
+
+
+def load_split(task: str, split: str, n: int | None = None) -> list[dict]:
+    from kdlib.data import load_jsonl
+
+    path = task_dir(task) / f"{split}.jsonl"
+    if not path.exists():
+        raise ValueError(f"task {task!r} has no split {split!r}; it has {TASK_SPLITS[task]}")
+    rows = load_jsonl(path)
+    return rows[:n] if n is not None else rows
+
+
+def tokenizer_dir() -> Path:
+    """The embedded word-level tokenizer, saved with save_pretrained."""
+    from kdlib.models import build_word_tokenizer
+
+    words = vocabulary()
+    return cached_dir("tokenizer", {"words": words}, lambda d: build_word_tokenizer(words).save_pretrained(d))
+
+
+def embedded_tokenizer():
+    from kdlib.models import load_tokenizer
+
+    return load_tokenizer(str(tokenizer_dir()))

@@ -1,0 +1,47 @@
+"""Shared fixtures: a throw-away cache, the embedded tokenizer, tiny random models and a few rows."""
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Tests never read or write the user's cache."""
+    old = os.environ.get("KDLIB_CACHE")
+    os.environ["KDLIB_CACHE"] = str(tmp_path_factory.mktemp("kdlib-cache"))
+    yield
+    if old is None:
+        os.environ.pop("KDLIB_CACHE", None)
+    else:
+        os.environ["KDLIB_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from kdlib.models import build_word_tokenizer
+    from kdlib.tasks.embedded import vocabulary
+
+    return build_word_tokenizer(vocabulary())
+
+
+@pytest.fixture(scope="session")
+def arith_rows():
+    from kdlib.tasks.embedded import TaskSpec, generate_rows
+
+    return generate_rows(TaskSpec("arith", n_train=64, n_test=16, max_steps=3, seed=1), "train")
+
+
+def tiny_llama(tokenizer, seed, layers=1, hidden=32):
+    from kdlib.models import ModelSize, build_llama
+
+    return build_llama(ModelSize(layers, hidden, 2, 2 * hidden), tokenizer, seed).eval()
+
+
+@pytest.fixture
+def models(tokenizer):
+    """(student, teacher): two different random tiny Llamas over the embedded vocabulary."""
+    return tiny_llama(tokenizer, 0), tiny_llama(tokenizer, 1, layers=2, hidden=48)

@@ -1,0 +1,113 @@
+"""Batches, configs, the CLI and the scoring functions."""
+import json
+
+import pytest
+import torch
+
+from kdlib import config as cfgmod
+from kdlib.data import encode_batch, load_jsonl, position_ids
+from kdlib.evaluate import answer_correct, extract_answer, length_buckets, rouge_l
+
+
+def test_batch_layout_keeps_eos_target_when_pad_equals_eos(tokenizer):
+    tok = tokenizer
+    old_pad = tok.pad_token
+    tok.pad_token = tok.eos_token  # the peers' bug: EOS masked out as padding
+    try:
+        b = encode_batch(tok, ["ana has 3 apples . how many ?", "ben has 1 coins ."],
+                         ["3 + 1 = 4 . #### 4", "#### 1"], max_response_tokens=32)
+    finally:
+        tok.pad_token = old_pad
+    P = b.prompt_length
+    resp = b.response_mask[:, P:]
+    assert resp.sum(1).tolist() == [9, 3]  # 8 words + EOS, 2 words + EOS
+    for i in range(2):
+        last = int(resp[i].nonzero().max())
+        assert b.input_ids[i, P + last] == tok.eos_token_id
+    assert not b.response_mask[:, :P].any()
+    # left padding: the shorter prompt starts later, positions still count from 0 on real tokens
+    pos = position_ids(b.attention_mask)
+    first_real = b.attention_mask.argmax(1)
+    assert (pos[torch.arange(2), first_real] == 0).all()
+
+
+def test_malformed_row_is_named_by_file_row_and_field(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": ""}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"rows.jsonl: row 1: field 'response'"):
+        load_jsonl(path)
+
+
+def test_config_refuses_unknown_and_out_of_range_values_before_any_model_loads():
+    with pytest.raises(ValueError, match="unknown field.*'stepz'"):
+        cfgmod.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="method='nope'"):
+        cfgmod.RunConfig(method="nope")
+    with pytest.raises(ValueError, match="beta"):
+        cfgmod.RunConfig(method="gkd", divergence_params={"beta": 1.0})
+    with pytest.raises(ValueError, match="student_data_fraction"):
+        cfgmod.RunConfig(method="gkd", student_data_fraction=1.5)
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        cfgmod.RunConfig(batch_size=8, micro_batch_size=3)
+    with pytest.raises(ValueError, match="loss_temperature"):
+        cfgmod.RunConfig(loss_temperature=0)
+
+
+def test_method_presets_and_overrides_resolve(tmp_path):
+    c = cfgmod.RunConfig(method="switch")
+    assert c.resolved["source"] == "sampler" and c.resolved["sampler"] == "switch"
+    assert c.resolved["divergence"] == "sfkl" and c.resolved["divergence_params"] == {"alpha": 0.1}
+    # changing the divergence drops the preset's params of the old one
+    assert cfgmod.RunConfig(method="switch", divergence="fkl").resolved["divergence_params"] == {}
+    path = tmp_path / "run.yaml"
+    path.write_text("method: gkd\nsteps: 7\nsampler_params: {}\n")
+    c = cfgmod.load_config(path, ["divergence_params.beta=0.9", "student_data_fraction=0.25"])
+    assert (c.steps, c.resolved["divergence_params"]["beta"], c.student_data_fraction) == (7, 0.9, 0.25)
+    assert c.hash() == cfgmod.load_config(path, ["student_data_fraction=0.25",
+                                                 "divergence_params.beta=0.9"]).hash()
+    assert c.hash() != c.replace(seed=1).hash()
+    with pytest.raises(ValueError, match="unknown field 'nope'"):
+        cfgmod.load_config(path, ["nope.x=1"])
+
+
+def test_cli_help_documents_every_field(capsys):
+    from kdlib.cli import field_docs, main
+
+    docs = field_docs()
+    assert set(docs) == cfgmod.FIELD_NAMES and all(docs.values())
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "sample_temperature" in out and "Not the loss temperature" in out
+    assert main(["show", "method=gkd", "steps=3"]) == 0
+    with pytest.raises(ValueError, match="unknown field"):
+        main(["show", "bogus=1"])
+
+
+@pytest.mark.parametrize("text,value", [("so 3 + 4 = 7 . #### 7", 7), ("The answer is 1,234.", 1234),
+                                        ("#### -5", -5), ("x 2 then 9", 9), ("none", None)])
+def test_extract_answer(text, value):
+    assert extract_answer(text) == value
+
+
+def test_answer_correct_compares_numbers_not_strings():
+    assert answer_correct("#### 12", "12.0") and not answer_correct("#### 13", "12")
+    assert not answer_correct("no number", "3")
+
+
+def test_rouge_l_and_buckets():
+    assert rouge_l("ana will buy milk", "ana will buy milk") == pytest.approx(1.0)
+    assert 0 < rouge_l("ana will buy milk on monday", "ana buys milk") < 1
+    recs = [{"score": 1.0, "ref_words": 5}, {"score": 0.0, "ref_words": 6}, {"score": 0.5, "ref_words": 30}]
+    buckets = length_buckets(recs, edges=(0, 10, 100))
+    assert buckets == [{"bucket": "0-9", "n": 2, "score": 0.5}, {"bucket": "10-99", "n": 1, "score": 0.5}]
+
+
+def test_every_config_file_loads():
+    from pathlib import Path
+
+    files = sorted(Path(__file__).resolve().parent.parent.glob("configs/**/*.yaml"))
+    assert len(files) >= 10
+    for f in files:
+        cfgmod.load_config(f)

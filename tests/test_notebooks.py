@@ -1,0 +1,37 @@
+"""Notebooks: committed clean, parameterised, and every one executes at its smallest settings."""
+import json
+from pathlib import Path
+
+import pytest
+
+from kdlib import reproduce
+
+NOTEBOOKS = reproduce.notebooks()
+
+
+def test_there_are_numbered_notebooks():
+    assert NOTEBOOKS and NOTEBOOKS[0].name == "00_quickstart.ipynb"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs_and_with_one_parameters_cell(path):
+    nb = json.loads(Path(path).read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), \
+        f"{path.name} has outputs: clear them before committing"
+    tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+    source = "".join(tagged[0]["source"])
+    for name in ("profile", "smoke", "seeds", "out_dir"):
+        assert f"{name} =" in source, f"{path.name}: parameter {name!r} missing"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes_at_smoke_settings(path, tmp_path):
+    """The smoke run: every cell of every notebook, tiny models, outputs to a temp folder."""
+    out = tmp_path / "figures"
+    reproduce.execute(path, {"smoke": True, "seeds": [0], "out_dir": str(out)}, tmp_path / path.name,
+                      env={"KDLIB_CACHE": str(tmp_path / "cache")})
+    produced = {p.suffix for p in out.rglob("*")}
+    assert {".png", ".pdf", ".csv", ".md"} <= produced, f"{path.name} wrote {sorted(produced)}"

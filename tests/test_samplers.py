@@ -1,0 +1,387 @@
+"""Token-level samplers: every decision re-derived from one full forward over the final sequences.
+
+The rollout is produced with KV caches one token at a time; the checks recompute both models' logits
+with a single uncached forward over `rollout.input_ids` (rollout attention mask, positions from its
+cumsum) and the distances with `kdlib.divergences` (an independent implementation of the step distances
+the samplers use). Decisions within MARGIN of their threshold are skipped (cached and uncached float32
+differ by ~1e-6) and the tests assert that only a few are.
+"""
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from kdlib import divergences as D
+from kdlib.samplers import (SAMPLER_DEFAULTS, build_sampler, draw_tokens, position_ids,
+                            validate_sampler_params)
+
+V, PAD, EOS = 64, 0, 1
+MARGIN = 1e-4
+SEEDS = (0, 1, 2)
+
+
+def tiny_llama(seed: int, layers: int = 2, hidden: int = 32, vocab: int = V, eos_bias: float = 0.0):
+    """A random tiny Llama; initializer_range 0.2 makes p and q peaked and different enough that
+    every rule goes both ways. `eos_bias` raises the EOS logit so rows end at different steps."""
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                      num_key_value_heads=4, intermediate_size=2 * hidden, max_position_embeddings=256,
+                      pad_token_id=PAD, eos_token_id=EOS, bos_token_id=None, initializer_range=0.2)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    if eos_bias:
+        head = torch.nn.Linear(hidden, vocab, bias=True)
+        with torch.no_grad():
+            head.weight.copy_(model.lm_head.weight)
+            head.bias.zero_()
+            head.bias[EOS] = eos_bias
+        model.lm_head = head
+    return model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread avoids OpenMP spin-waiting when the cores are shared (10-50x faster)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_llama(0), tiny_llama(1)  # student, teacher
+
+
+def prompts(seed: int, batch: int = 6, length: int = 7):
+    """Left-padded prompts of different lengths (row b has b % 4 pad columns)."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    ids = torch.randint(2, V, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    for b in range(batch):
+        mask[b, : b % 4] = 0
+    return ids.masked_fill(mask == 0, PAD), mask
+
+
+def run(name, student, teacher, seed, *, max_new_tokens=24, eos=None, pad=PAD, temperature=1.0,
+        keep=False, batch=6, **params):
+    ids, mask = prompts(seed, batch)
+    return build_sampler(name, **params).sample(
+        student, teacher, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
+        temperature=temperature, generator=torch.Generator().manual_seed(seed), return_teacher_logits=keep)
+
+
+def full_logits(model, rollout):
+    """Logits predicting each response token, (B, N, V), from ONE uncached forward."""
+    P, m = rollout.prompt_length, rollout.attention_mask
+    with torch.no_grad():
+        out = model(input_ids=rollout.input_ids, attention_mask=m, position_ids=position_ids(m), use_cache=False)
+    return out.logits[:, P - 1:-1]
+
+
+def response(rollout):
+    P = rollout.prompt_length
+    return rollout.response_mask[:, P:], rollout.from_teacher[:, P:], rollout.input_ids[:, P:]
+
+
+# ------------------------------------------------------------------------------------------------------
+# The rules, re-derived.
+
+
+def test_student_sampler_never_runs_the_teacher(pair):
+    student, _ = pair
+
+    class Exploding(torch.nn.Module):
+        def forward(self, *a, **k):
+            raise AssertionError("the student sampler ran the teacher")
+
+    r = run("student", student, Exploding(), seed=0)
+    resp, teacher_mask, _ = response(r)
+    assert not teacher_mask.any() and r.stats["teacher_forwards"] == 0
+    assert r.stats["teacher_fraction"] == 0.0 and (r.stats["switch_positions"] == -1).all()
+    assert r.teacher_logits is None
+
+
+def test_teacher_sampler_is_all_teacher_without_the_student(pair):
+    _, teacher = pair
+    r = run("teacher", None, teacher, seed=0, keep=True)
+    resp, teacher_mask, _ = response(r)
+    assert (teacher_mask == resp).all() and resp.all()
+    assert r.stats["student_forwards"] == 0 and r.stats["teacher_fraction"] == 1.0
+    assert (r.stats["switch_positions"] == 0).all()
+
+
+@pytest.mark.parametrize("schedule,tau0,decay", [("exp", 0.3, 0.04), ("linear", 0.3, 0.03),
+                                                 ("constant", 0.22, 0.0)])
+def test_switch_teacher_iff_jsd_above_threshold(pair, schedule, tau0, decay):
+    student, teacher = pair
+    sampler = build_sampler("switch", tau0=tau0, decay=decay, schedule=schedule)
+    checked = skipped = 0
+    outcomes = set()
+    for seed in SEEDS:
+        r = run("switch", student, teacher, seed, temperature=0.7, tau0=tau0, decay=decay, schedule=schedule)
+        resp, teacher_mask, _ = response(r)
+        d = D.jsd(full_logits(student, r), full_logits(teacher, r), beta=0.5)  # (B, N)
+        t = torch.arange(d.shape[1], dtype=torch.float64)
+        tau = {"exp": tau0 * torch.exp(-decay * t), "linear": tau0 * (1 - decay * t).clamp(min=0),
+               "constant": tau0 + 0 * t}[schedule]
+        assert torch.allclose(tau, torch.tensor([sampler.threshold(i) for i in range(len(t))], dtype=tau.dtype))
+        clear = resp & ((d - tau).abs() > MARGIN)
+        assert (teacher_mask[clear] == (d > tau)[clear]).all()
+        checked, skipped = checked + int(clear.sum()), skipped + int((resp & ~clear).sum())
+        outcomes |= set(teacher_mask[resp].tolist())
+        frac = teacher_mask[resp].float().mean().item()
+        assert r.stats["teacher_fraction"] == pytest.approx(frac)
+    assert outcomes == {True, False}, "the test models must make SWITCH decide both ways"
+    assert skipped <= 0.02 * checked
+
+
+def adaswitch_first_trigger(d, resp_len, k, window):
+    """Independent re-derivation for one row: first i >= window with d_i > k·mean(d[i-window:i]), the
+    smallest |d_i − k·mean| among the checks up to it (for the tie margin), or (None, gap)."""
+    gap = math.inf
+    for i in range(window, resp_len):
+        ref = k * sum(d[i - window:i]) / window
+        gap = min(gap, abs(d[i] - ref))
+        if d[i] > ref:
+            return i, gap
+    return None, gap
+
+
+@pytest.mark.parametrize("distance,fn,k", [("fkl", D.forward_kl, 1.6), ("rkl", D.reverse_kl, 1.6),
+                                           ("jsd", D.jsd, 1.6), ("tvd", D.tvd, 1.25)])
+def test_adaswitch_one_switch_at_the_first_trigger(pair, distance, fn, k):
+    student, teacher = pair
+    window = 4
+    rows = skipped = 0
+    outcomes = set()
+    for seed in SEEDS:
+        r = run("adaswitch", student, teacher, seed, temperature=0.7, k=k, window=window, distance=distance)
+        resp, teacher_mask, _ = response(r)
+        d = fn(full_logits(student, r), full_logits(teacher, r))  # (B, N)
+        for b in range(d.shape[0]):
+            n = int(resp[b].sum())
+            first, gap = adaswitch_first_trigger(d[b].tolist(), n, k, window)
+            rows += 1
+            if gap < MARGIN:
+                skipped += 1
+                continue
+            expected = torch.zeros(n, dtype=torch.bool)
+            if first is not None:
+                expected[first:] = True  # token `first` and every later one from the teacher
+            assert (teacher_mask[b, :n] == expected).all(), (seed, b, first)
+            assert int(r.stats["switch_positions"][b]) == (-1 if first is None else first)
+            assert bool(r.stats["switched"][b]) == (first is not None)
+            outcomes.add(first is not None)
+    assert outcomes == {True, False}, "the test models must make AdaSwitch switch on some rows only"
+    assert skipped <= 0.05 * rows
+
+
+def test_adaswitch_drops_the_student_once_every_row_switched(pair):
+    student, teacher = pair
+    window = 3  # k = 0: every row switches at step `window` (d > 0 always)
+    r = run("adaswitch", student, teacher, seed=0, k=0.0, window=window)
+    resp, teacher_mask, _ = response(r)
+    assert (r.stats["switch_positions"] == window).all()
+    assert not teacher_mask[:, :window].any() and teacher_mask[:, window:][resp[:, window:]].all()
+    assert r.stats["student_forwards"] == 1 + window  # prefill + steps 0 … window-1
+    assert r.stats["teacher_forwards"] == 24  # prefill + 23 steps
+
+
+@pytest.mark.parametrize("top_k", [1, 5, 25])
+def test_skd_student_tokens_lie_in_teacher_top_k(pair, top_k):
+    student, teacher = pair
+    checked = skipped = 0
+    outcomes = set()
+    for seed in SEEDS:
+        r = run("skd", student, teacher, seed, top_k=top_k)
+        resp, teacher_mask, tokens = response(r)
+        p = full_logits(teacher, r)  # (B, N, V)
+        top = p.topk(top_k + 1, dim=-1).values  # (B, N, K+1)
+        kth, next_ = top[..., -2], top[..., -1]  # K-th and (K+1)-th largest teacher logits
+        chosen = p.gather(-1, tokens[..., None]).squeeze(-1)  # (B, N)
+        student_tok = resp & ~teacher_mask
+        clear = student_tok & (kth - next_ > MARGIN)  # skip a near-tie on the top-K boundary
+        assert (chosen[clear] >= kth[clear]).all(), "a student token outside the teacher's top-K was kept"
+        checked, skipped = checked + int(clear.sum()), skipped + int((student_tok & ~clear).sum())
+        outcomes |= set(teacher_mask[resp].tolist())
+    assert outcomes == {True, False}
+    assert skipped <= 0.02 * checked
+
+
+def test_skd_limits(pair):
+    student, teacher = pair
+    r0 = run("skd", student, teacher, seed=0, top_k=0)  # K = 0: the teacher writes everything
+    resp, teacher_mask, _ = response(r0)
+    assert (teacher_mask == resp).all()
+    rv = run("skd", student, teacher, seed=0, top_k=V)  # K = |V|: on-policy
+    assert not rv.from_teacher.any()
+
+
+@pytest.mark.parametrize("name,params", [("student", {}), ("teacher", {}), ("skd", {"top_k": 5}),
+                                         ("switch", {"tau0": 0.3, "decay": 0.04}),
+                                         ("adaswitch", {"k": 1.6, "window": 4})])
+def test_greedy_is_argmax_of_the_emitter(pair, name, params):
+    """Temperature 0: every token is the argmax of the recomputed logits of whoever emitted it; for SKD
+    the whole rule is then deterministic (argmax q kept iff inside the teacher's top-K, else argmax p)."""
+    student, teacher = pair
+    outcomes = set()
+    for seed in SEEDS:
+        r = run(name, student, teacher, seed, temperature=0.0, **params)
+        resp, teacher_mask, tokens = response(r)
+        q, p = full_logits(student, r), full_logits(teacher, r)
+        emitter = torch.where(teacher_mask[..., None], p, q)
+        top2 = emitter.topk(2, dim=-1).values
+        clear = resp & (top2[..., 0] - top2[..., 1] > MARGIN)
+        assert (tokens[clear] == emitter.argmax(-1)[clear]).all()
+        assert clear.sum() >= 0.95 * resp.sum()
+        if name == "skd":
+            kth = p.topk(params["top_k"], dim=-1).values[..., -1]
+            inside = p.gather(-1, q.argmax(-1, keepdim=True)).squeeze(-1) >= kth
+            assert (teacher_mask[resp] == ~inside[resp]).all()
+        outcomes |= set(teacher_mask[resp].tolist())
+    if name in ("skd", "switch", "adaswitch"):
+        assert outcomes == {True, False}
+
+
+# ------------------------------------------------------------------------------------------------------
+# The rollout layout: EOS, padding, masks, teacher logits, determinism.
+
+
+@pytest.fixture(scope="module")
+def eos_pair():
+    return tiny_llama(0, eos_bias=2.5), tiny_llama(1, eos_bias=2.5)
+
+
+@pytest.mark.parametrize("pad", [PAD, EOS])  # pad == eos must not hide the real EOS
+@pytest.mark.parametrize("name", ["student", "switch", "adaswitch"])
+def test_rows_stop_at_eos_and_masks_include_it(eos_pair, name, pad):
+    student, teacher = eos_pair
+    lengths = set()
+    for seed in SEEDS:
+        r = run(name, student, teacher, seed, eos=EOS, pad=pad, batch=8)
+        P = r.prompt_length
+        resp, teacher_mask, tokens = response(r)
+        for b in range(tokens.shape[0]):
+            hits = (tokens[b] == EOS).nonzero()
+            n = int(hits[0]) + 1 if len(hits) else tokens.shape[1]  # up to and including the first EOS
+            lengths.add(n)
+            assert resp[b, :n].all() and not resp[b, n:].any()
+            assert (tokens[b, n:] == pad).all()
+            assert (r.attention_mask[b, P:P + n] == 1).all() and (r.attention_mask[b, P + n:] == 0).all()
+            assert not teacher_mask[b, n:].any()
+        _, pm = prompts(seed, 8)
+        assert (r.attention_mask[:, :P] == pm).all() and not r.response_mask[:, :P].any()
+        assert r.stats["new_tokens"] == int(resp.sum())
+        assert tokens.shape[1] == max(int(resp[b].sum()) for b in range(tokens.shape[0]))  # trimmed
+    assert len(lengths) >= 3, "rows should end at different steps"
+
+
+def test_loop_stops_when_all_rows_end(eos_pair):
+    student, _ = eos_pair
+    r = run("student", student, None, seed=0, eos=EOS, max_new_tokens=200, batch=3)
+    n = r.input_ids.shape[1] - r.prompt_length
+    assert n < 200 and r.stats["student_forwards"] == n  # prefill + (n - 1) steps
+
+
+@pytest.mark.parametrize("name", ["teacher", "skd", "switch", "adaswitch"])
+def test_teacher_logits_equal_a_fresh_forward(eos_pair, name):
+    student, teacher = eos_pair
+    r = run(name, None if name == "teacher" else student, teacher, seed=1, eos=EOS, keep=True)
+    resp, _, _ = response(r)
+    assert r.teacher_logits.shape == (*resp.shape, V)
+    fresh = full_logits(teacher, r)
+    torch.testing.assert_close(r.teacher_logits[resp], fresh[resp], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["student", "skd", "switch", "adaswitch"])
+def test_same_seed_same_rollout(pair, name):
+    student, teacher = pair
+    a, b = (run(name, student, teacher, seed=3) for _ in range(2))
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.from_teacher, b.from_teacher)
+    c = run(name, student, teacher, seed=4)
+    assert not torch.equal(a.input_ids[:, a.prompt_length:], c.input_ids[:, c.prompt_length:])
+
+
+def test_global_rng_untouched_and_training_mode_restored(pair):
+    student, teacher = pair
+    student.train()
+    state = torch.get_rng_state()
+    run("switch", student, teacher, seed=0)
+    assert torch.equal(state, torch.get_rng_state()) and student.training
+    student.eval()
+
+
+@pytest.mark.parametrize("name", ["student", "teacher", "switch"])
+def test_left_padding_gives_the_same_tokens_as_unpadded(pair, name):
+    """Greedy: each row in a padded batch of mixed prompt lengths equals that row decoded alone."""
+    student, teacher = pair
+    ids, mask = prompts(seed=5)
+    sampler = build_sampler(name, **({"tau0": 0.3, "decay": 0.04} if name == "switch" else {}))
+    kw = dict(max_new_tokens=12, eos_token_id=None, pad_token_id=PAD, temperature=0.0,
+              generator=torch.Generator().manual_seed(0))
+    batched = sampler.sample(student, teacher, ids, mask, **kw)
+    P = ids.shape[1]
+    for b in range(ids.shape[0]):
+        real = ids[b : b + 1, mask[b].bool()]
+        alone = sampler.sample(student, teacher, real, torch.ones_like(real), **kw)
+        assert torch.equal(batched.input_ids[b, P:], alone.input_ids[0, real.shape[1]:]), b
+        assert torch.equal(batched.from_teacher[b, P:], alone.from_teacher[0, real.shape[1]:]), b
+
+
+def test_wider_teacher_vocabulary_uses_the_shared_prefix(pair):
+    student, _ = pair
+    wide = tiny_llama(1, vocab=V + 8)  # same family, 8 extra ids (like Qwen2.5 152064 vs 151936)
+    r = run("switch", student, wide, seed=0, keep=True, tau0=0.3, decay=0.04)
+    resp, teacher_mask, tokens = response(r)
+    assert (tokens < V).all() and r.teacher_logits.shape[-1] == V + 8
+    with pytest.warns(UserWarning):
+        d = D.jsd(full_logits(student, r), full_logits(wide, r))  # divergences compare on the prefix
+    tau = 0.3 * torch.exp(-0.04 * torch.arange(d.shape[1]))
+    clear = resp & ((d - tau).abs() > MARGIN)
+    assert (teacher_mask[clear] == (d > tau)[clear]).all()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Drawing tokens, and parameter validation.
+
+
+def test_draw_tokens_matches_the_tempered_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(20000, 1)
+    g = torch.Generator().manual_seed(0)
+    for temperature in (0.5, 1.0, 2.0):
+        counts = torch.bincount(draw_tokens(logits, g, temperature), minlength=4).float() / 20000
+        torch.testing.assert_close(counts, (logits[0] / temperature).softmax(-1), atol=0.015, rtol=0)
+    assert (draw_tokens(logits, g, 1.0, top_k=2) < 2).all()
+    assert (draw_tokens(logits, g, 1.0, top_p=0.6) == 0).all()  # p(0) = 0.64 covers the nucleus
+    assert (draw_tokens(logits[:3], g, 0.0) == 0).all()
+    a = draw_tokens(logits[:50], torch.Generator().manual_seed(7))
+    assert torch.equal(a, draw_tokens(logits[:50], torch.Generator().manual_seed(7)))
+
+
+def test_defaults_and_validation():
+    assert set(SAMPLER_DEFAULTS) == {"student", "teacher", "skd", "switch", "adaswitch"}
+    assert SAMPLER_DEFAULTS["skd"]["top_k"] == 25
+    for name, params in SAMPLER_DEFAULTS.items():
+        validate_sampler_params(name, **params)
+        assert build_sampler(name).name == name
+    bad = [(("nope",), {}, "nope"), (("skd",), {"k": 3}, "'k'"), (("skd",), {"top_k": -1}, "top_k"),
+           (("skd",), {"top_k": 2.5}, "top_k"), (("switch",), {"schedule": "cosine"}, "cosine"),
+           (("switch",), {"tau0": -0.1}, "tau0"), (("switch",), {"decay": float("nan")}, "decay"),
+           (("adaswitch",), {"window": 0}, "window"), (("adaswitch",), {"distance": "kl"}, "'kl'"),
+           (("adaswitch",), {"k": True}, "k="), (("student",), {"top_k": 3}, "top_k")]
+    for args, params, needle in bad:
+        with pytest.raises(ValueError, match=needle):
+            validate_sampler_params(*args, **params)
+
+
+def test_sample_rejects_bad_inputs(pair):
+    student, teacher = pair
+    ids, mask = prompts(0)
+    kw = dict(max_new_tokens=4, eos_token_id=None, pad_token_id=PAD, generator=torch.Generator())
+    with pytest.raises(ValueError, match="left-padded"):
+        build_sampler("student").sample(student, None, ids, mask.flip(1), **kw)
+    with pytest.raises(ValueError, match="teacher"):
+        build_sampler("switch").sample(student, None, ids, mask, **kw)
+    with pytest.raises(ValueError, match="temperature"):
+        build_sampler("student").sample(student, None, ids, mask, temperature=-1.0, **kw)

@@ -1,0 +1,150 @@
+"""The training loop: the step's token normalisation, faults, checkpoints and exact resume."""
+import math
+
+import pytest
+import torch
+
+from kdlib import checkpoints
+from kdlib.config import RunConfig
+from kdlib.data import encode_batch
+from kdlib.samplers import build_sampler
+from kdlib.sources import build_source
+from kdlib.train import Forwards, NonFiniteLossError, Trainer, micro_batch_loss_sum
+
+from conftest import tiny_llama
+
+
+def make_trainer(cfg, tokenizer, rows, run_dir, seed_student=0, seed_teacher=1):
+    student = tiny_llama(tokenizer, seed_student)
+    teacher = tiny_llama(tokenizer, seed_teacher, layers=2, hidden=48)
+    r = cfg.resolved
+    sampler = build_sampler(r["sampler"], **r["sampler_params"]) if r["sampler"] else None
+    source = build_source(r["source"], rows, cfg.seed, cfg.student_data_fraction)
+    return Trainer(cfg, student=student, teacher=teacher, tokenizer=tokenizer, source=source,
+                   sampler=sampler, run_dir=run_dir, progress=False)
+
+
+def grads(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("method", ["kd", "sft"])
+def test_accumulated_micro_batches_give_the_one_batch_gradient(method, tokenizer, arith_rows, tmp_path):
+    """8 sequences of different lengths in one batch == 4 micro-batches of 2, normalised by the
+    response tokens of the whole step (the 'mean of means' bug would fail this)."""
+    base = dict(method=method, batch_size=8, max_new_tokens=48, steps=1)
+    results = []
+    for micro in (8, 2):
+        t = make_trainer(RunConfig(**base, micro_batch_size=micro), tokenizer, arith_rows, tmp_path / str(micro))
+        batches, _, _ = t.draw_step()
+        loss = t.accumulate_gradients(batches)
+        results.append((loss, grads(t.student)))
+    (l1, g1), (l2, g2) = results
+    assert l1 == pytest.approx(l2, rel=1e-5)
+    assert torch.allclose(g1, g2, atol=1e-6, rtol=1e-4)
+    # and micro-batch means would have differed: the lengths really vary
+    lengths = [len(r["response"].split()) for r in arith_rows[:8]]
+    assert len(set(lengths)) > 1
+
+
+def test_all_masked_batch_gives_zero_loss_and_finite_gradients(tokenizer, models):
+    student, teacher = models
+    b = encode_batch(tokenizer, ["ana has 3 apples ."], ["#### 3"], 16)
+    b.response_mask[:] = False
+    for method in ("kd", "sft", "gkd"):
+        student.zero_grad()
+        loss, n = micro_batch_loss_sum(student, teacher, b, RunConfig(method=method), Forwards())
+        loss.backward()
+        assert n == 0 and loss.item() == 0.0
+        assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tokenizer, arith_rows, tmp_path):
+    cfg = RunConfig(method="kd", batch_size=4, steps=5, checkpoint_every=1, max_new_tokens=48)
+    t = make_trainer(cfg, tokenizer, arith_rows, tmp_path)
+    original_step = t.step
+
+    def poison_third_step():
+        if t.state.step == 2:  # after the step-2 checkpoint, the weights go bad
+            with torch.no_grad():
+                next(t.student.parameters()).fill_(float("nan"))
+        return original_step()
+
+    t.step = poison_third_step
+    with pytest.raises(NonFiniteLossError, match="at step 3"):
+        t.fit()
+    kept = checkpoints.list_checkpoints(tmp_path / "checkpoints")
+    assert kept and kept[-1].name == "step-000002.pt"
+    state = torch.load(kept[-1], weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state["student"].values())
+
+
+@pytest.mark.parametrize("method", ["onpolicy", "gkd"])
+def test_interrupted_run_resumes_to_the_same_weights_and_metrics(method, tokenizer, arith_rows, tmp_path):
+    """A run killed after step 2 and resumed from its checkpoint ends exactly like one never stopped:
+    model, optimizer, scheduler, the source's generators and data position all restored."""
+    cfg = RunConfig(method=method, batch_size=4, steps=4, checkpoint_every=2, max_new_tokens=24,
+                    student_data_fraction=0.5, lr=1e-2)
+    full = make_trainer(cfg, tokenizer, arith_rows, tmp_path / "full")
+    full.fit()
+
+    first = make_trainer(cfg, tokenizer, arith_rows, tmp_path / "resumed")
+    original_step = first.step
+
+    def interrupt_after_two():
+        if first.state.step == 2:
+            raise KeyboardInterrupt
+        return original_step()
+
+    first.step = interrupt_after_two
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    torch.manual_seed(1234)  # the resumed process starts with other global RNG state
+    second = make_trainer(cfg, tokenizer, arith_rows, tmp_path / "resumed")
+    checkpoints.load(second, checkpoints.latest(second))
+    second.fit()
+    for a, b in zip(full.student.parameters(), second.student.parameters()):
+        assert torch.equal(a, b)
+    key = lambda rows: [(r["step"], r["loss"], r["source"], r["tokens"]) for r in rows]  # noqa: E731
+    assert key(full.state.metrics) == key(second.state.metrics)
+    assert full.state.forwards == second.state.forwards
+
+
+def test_checkpoint_from_another_config_is_refused(tokenizer, arith_rows, tmp_path):
+    cfg = RunConfig(method="kd", batch_size=4, steps=1, checkpoint_every=1, max_new_tokens=24)
+    t = make_trainer(cfg, tokenizer, arith_rows, tmp_path)
+    t.fit()
+    other = make_trainer(cfg.replace(lr=0.5), tokenizer, arith_rows, tmp_path)
+    with pytest.raises(ValueError, match=r"different config \(fields \['lr'\]\)"):
+        checkpoints.load(other, checkpoints.latest(other))
+
+
+def test_gkd_coin_uses_its_own_generator_and_fraction(tokenizer, arith_rows):
+    src = build_source("mix", arith_rows, seed=3, student_data_fraction=0.3)
+    random_state = torch.get_rng_state()
+    draws = []
+    for _ in range(400):
+        src.new_step()
+        draws.append(src.use_sampler)
+    assert torch.equal(torch.get_rng_state(), random_state)  # global RNG untouched
+    assert abs(sum(draws) / 400 - 0.3) < 0.07
+    src2 = build_source("mix", arith_rows, seed=3, student_data_fraction=0.3)
+    again = []
+    for _ in range(400):
+        src2.new_step()
+        again.append(src2.use_sampler)
+    assert again == draws
+
+
+def test_teacher_logits_from_rollout_replace_a_second_teacher_forward(tokenizer, arith_rows, tmp_path):
+    cfg = RunConfig(method="skd", batch_size=4, steps=1, max_new_tokens=16)
+    t = make_trainer(cfg, tokenizer, arith_rows, tmp_path)
+    batches, used, _ = t.draw_step()
+    assert used == "sampler" and batches[0].teacher_logits is not None
+    f_reuse = Forwards()
+    l_reuse, _ = micro_batch_loss_sum(t.student, t.teacher, batches[0], cfg, f_reuse)
+    batches[0].teacher_logits = None
+    f_fresh = Forwards()
+    l_fresh, _ = micro_batch_loss_sum(t.student, t.teacher, batches[0], cfg, f_fresh)
+    assert (f_reuse.teacher, f_fresh.teacher) == (0, 1)
+    assert l_reuse.item() == pytest.approx(l_fresh.item(), rel=1e-4, abs=1e-5)
