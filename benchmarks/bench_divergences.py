@@ -10,9 +10,11 @@ For every divergence, two modes each run forward + backward on student logits th
 
 Memory is measured on CPU as the growth of the process's peak resident set size (VmHWM in
 /proc/self/status, reset through /proc/self/clear_refs) over the resident size once the inputs exist, in a
-fresh subprocess per measurement so no allocator cache carries over. torch's CPU allocator is invisible to
-tracemalloc, and RSS is what the machine actually pays. "beyond grad" subtracts the (N, V) gradient of the
-student logits, which both modes must return. With CUDA available (--device cuda) it uses
+fresh subprocess per measurement so no allocator cache carries over (torch's CPU allocations are invisible
+to tracemalloc). The workers run with MALLOC_MMAP_THRESHOLD_=1 MiB so that glibc serves every block of
+1 MiB or more by mmap and returns it on free: RSS then follows the live tensors instead of glibc's heap
+retention, which otherwise adds up to a few blocks to the chunked peak (--default-malloc to see it).
+"beyond grad" subtracts the (N, V) gradient of the student logits, which both modes must return. With CUDA available (--device cuda) it uses
 torch.cuda.max_memory_allocated instead.
 
 Time is the faster of two runs (the machine is shared, so runs are noisy), forward + backward.
@@ -112,6 +114,8 @@ def run_worker(args, name, mode) -> dict:
     if args.chunk_size:
         cmd += ["--chunk-size", str(args.chunk_size)]
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if not args.default_malloc:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(2**20)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         sys.exit(f"worker {name}/{mode} failed:\n{out.stderr}")
@@ -127,7 +131,8 @@ def main(args) -> None:
     print(f"N = {args.positions} positions ({args.batch} x {args.positions // args.batch}), V = {args.vocab}, "
           f"{args.dtype} logits, {args.threads} thread(s), device {args.device}, chunk = {rows} positions "
           f"({rows * args.vocab * 4 / 2**20:.0f} MiB float32 block)")
-    print("peak extra memory (MiB) over the inputs; 'beyond grad' excludes the (N, V) logits gradient")
+    malloc = "glibc default" if args.default_malloc else "MALLOC_MMAP_THRESHOLD_=1MiB"
+    print(f"peak extra RSS (MiB) over the inputs ({malloc}); 'beyond grad' excludes the (N, V) logits gradient")
     header = (f"{'div':5} {'unchunked':>10} {'chunked':>8} {'ratio':>6} | {'beyond grad: unch.':>18} "
               f"{'chunk.':>7} {'ratio':>6} | {'time unch.':>10} {'chunk.':>7} {'ratio':>6}")
     print(header)
@@ -151,6 +156,7 @@ def parse_args():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--default-malloc", action="store_true", help="keep glibc's dynamic mmap threshold")
     ap.add_argument("--names", nargs="+", default=NAMES, choices=NAMES)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--name", help=argparse.SUPPRESS)

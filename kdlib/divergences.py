@@ -62,8 +62,9 @@ def _softmax_backward(q: Tensor, g: Tensor, exact: bool) -> Tensor:
 
 def _mix_log(log_a: Tensor, log_b: Tensor, w: float) -> Tensor:
     """log(w·a + (1 − w)·b): mix probabilities, not logits (log-sum-exp of the weighted log-probs)."""
-    log_w = math.log(w) if w > 0 else -math.inf
-    return torch.logaddexp(log_a + log_w, log_b + math.log1p(-w))  # (n, V)
+    log_w = math.log(w) if w > 0 else -math.inf  # w = 0 or 1 happen for the skew KLs at α = 0
+    log_1mw = math.log1p(-w) if w < 1 else -math.inf
+    return torch.logaddexp(log_a + log_w, log_b + log_1mw)  # (n, V)
 
 
 def _fkl_value(logq, logp, exact):
@@ -84,7 +85,7 @@ def _rkl_grad(logq, logp, value, exact):
 
 
 def _jsd_value(logq, logp, exact, beta):
-    logm = _mix_log(logp, logq, beta)  # M = β p + (1 − β) q
+    logm = _mix_log(logp, logq, 1 - beta)  # M = β p + (1 − β) q
     teacher_part = _xdiff(logp.exp(), logp, logm, exact).sum(-1)
     student_part = _xdiff(logq.exp(), logq, logm, exact).sum(-1)
     return beta * teacher_part + (1 - beta) * student_part

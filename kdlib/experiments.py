@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # The teacher recipe per task: SFT from scratch on the full training pool (measured in the workload
 # report, figures/workload/).
-TEACHER_STEPS = {"arith": 1500, "summ": 1000}
+TEACHER_STEPS = {"arith": 1200, "summ": 1200}
 # The student's supervised warm-up before distillation (GKD and AdaSwitch start from an SFT student).
 SFT_INIT_STEPS = 300
 
@@ -33,6 +33,7 @@ SFT_INIT_STEPS = 300
 def teacher_recipe(task: str, size: str = "teacher", steps: int | None = None) -> RunConfig:
     return RunConfig(method="sft", task=task, student=size, student_init="scratch", n_train=40000,
                      steps=steps or TEACHER_STEPS[task], batch_size=32, lr=1e-3, warmup_steps=50,
+                     checkpoint_every=100,
                      eval_splits=tuple(s for s in workload.TASK_SPLITS[task] if s != "train"),
                      n_eval=300)
 
@@ -80,7 +81,10 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
     r = cfg.resolved
     if r["source"] == "seqkd":
         rows = seqkd_rows(cfg, teacher, tok, rows)
-    source = build_source(r["source"], rows, cfg.seed, cfg.student_data_fraction)
+    from accelerate import PartialState
+
+    source = build_source(r["source"], rows, cfg.seed, cfg.student_data_fraction,
+                          rank=PartialState().process_index)
     sampler = samplers.build_sampler(r["sampler"], **r["sampler_params"]) if r["sampler"] else None
     curve_rows = workload.load_split(cfg.task, cfg.eval_splits[0], cfg.n_eval)
     trainer = Trainer(cfg, student=student, teacher=teacher, tokenizer=tok, source=source,

@@ -30,6 +30,8 @@ class StepContext:
     sample_temperature: float
     device: torch.device
     keep_teacher_logits: bool = True
+    rank: int = 0  # this process
+    world: int = 1  # number of processes: each takes its own slice of the step's rows
 
 
 class RowPicker:
@@ -62,20 +64,27 @@ class Source:
 
     uses_sampler = False
 
-    def __init__(self, rows: list[dict], seed: int):
+    def __init__(self, rows: list[dict], seed: int, rank: int = 0):
         self.rows, self.picker = rows, RowPicker(len(rows), seed)
-        self.sample_gen = torch.Generator().manual_seed(seed + 1)
+        # sampling differs per process; the row order (and the coins below) are shared by all
+        self.sample_gen = torch.Generator().manual_seed(seed + 1 + 1000 * rank)
 
     def batch(self, ctx: StepContext, k: int) -> tuple[SequenceBatch, str]:
         raise NotImplementedError
 
+    def take_rows(self, ctx, k) -> list[dict]:
+        """This process's k rows out of the k * world rows every process draws in the same order,
+        so N processes see exactly the rows one process would see at N times the batch."""
+        idx = self.picker.take(k * ctx.world)[ctx.rank * k:(ctx.rank + 1) * k]
+        return [self.rows[i] for i in idx]
+
     def fixed(self, ctx, k, field_name="response") -> SequenceBatch:
-        rows = [self.rows[i] for i in self.picker.take(k)]
+        rows = self.take_rows(ctx, k)
         return encode_batch(ctx.tokenizer, [r["prompt"] for r in rows], [r[field_name] for r in rows],
                             ctx.max_new_tokens).to(ctx.device)
 
     def sampled(self, ctx, k) -> SequenceBatch:
-        rows = [self.rows[i] for i in self.picker.take(k)]
+        rows = self.take_rows(ctx, k)
         prompt_ids, prompt_mask = encode_prompts(ctx.tokenizer, [r["prompt"] for r in rows], ctx.device)
         tok = ctx.tokenizer
         rollout = ctx.sampler.sample(
@@ -120,8 +129,8 @@ class MixSource(Source):
 
     uses_sampler = True
 
-    def __init__(self, rows, seed, student_data_fraction: float):
-        super().__init__(rows, seed)
+    def __init__(self, rows, seed, student_data_fraction: float, rank: int = 0):
+        super().__init__(rows, seed, rank)
         self.fraction = student_data_fraction
         self.coin_gen = torch.Generator().manual_seed(seed + 2)
         self.use_sampler = False
@@ -183,8 +192,9 @@ class DistiLLMSource(Source):
 
     uses_sampler = True
 
-    def __init__(self, rows, seed, increment=0.1, max_fraction=1.0, replay_ratio=0.5, capacity=1000):
-        super().__init__(rows, seed)
+    def __init__(self, rows, seed, rank=0, increment=0.1, max_fraction=1.0, replay_ratio=0.5,
+                 capacity=1000):
+        super().__init__(rows, seed, rank)
         self.fraction, self.increment, self.max_fraction = 0.0, increment, max_fraction
         self.replay_ratio, self.buffer = replay_ratio, ReplayBuffer(capacity)
         self.coin_gen = torch.Generator().manual_seed(seed + 3)
@@ -221,15 +231,14 @@ class DistiLLMSource(Source):
         self.fraction, self.best_val, self.buffer.items = s["fraction"], s["best_val"], s["buffer"]
 
 
-def build_source(name: str, rows: list[dict], seed: int, student_data_fraction: float = 0.5) -> Source:
-    if name == "data":
-        return DataSource(rows, seed)
-    if name == "seqkd":
-        return SeqKDSource(rows, seed)
-    if name == "sampler":
-        return SamplerSource(rows, seed)
+SOURCE_CLASSES = {"data": DataSource, "seqkd": SeqKDSource, "sampler": SamplerSource,
+                  "distillm": DistiLLMSource}
+
+
+def build_source(name: str, rows: list[dict], seed: int, student_data_fraction: float = 0.5,
+                 rank: int = 0) -> Source:
     if name == "mix":
-        return MixSource(rows, seed, student_data_fraction)
-    if name == "distillm":
-        return DistiLLMSource(rows, seed)
-    raise ValueError(f"unknown data source {name!r}")
+        return MixSource(rows, seed, student_data_fraction, rank)
+    if name not in SOURCE_CLASSES:
+        raise ValueError(f"unknown data source {name!r}; choose one of {sorted(SOURCE_CLASSES) + ['mix']}")
+    return SOURCE_CLASSES[name](rows, seed, rank)

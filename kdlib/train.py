@@ -120,7 +120,8 @@ class Trainer:
             teacher.eval().requires_grad_(False)
             self.teacher = teacher.to(self.acc.device)
         self.ctx = StepContext(tokenizer, self.acc.unwrap_model(self.student), self.teacher, sampler,
-                               cfg.max_new_tokens, cfg.sample_temperature, self.acc.device)
+                               cfg.max_new_tokens, cfg.sample_temperature, self.acc.device,
+                               rank=self.acc.process_index, world=self.acc.num_processes)
         self.state = TrainState()
 
     # ---- one optimizer step -------------------------------------------------------------------
@@ -129,7 +130,10 @@ class Trainer:
         if hasattr(self.source, "new_step"):
             self.source.new_step()
         n_micro = cfg.grad_accum_steps
-        per_process = cfg.micro_batch_size_resolved // self.acc.num_processes or 1
+        if cfg.micro_batch_size_resolved % self.acc.num_processes:
+            raise ValueError(f"micro-batch {cfg.micro_batch_size_resolved} does not split over "
+                             f"{self.acc.num_processes} processes")
+        per_process = cfg.micro_batch_size_resolved // self.acc.num_processes
         batches, used = [], None
         self.student.eval()
         with torch.no_grad():

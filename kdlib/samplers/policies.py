@@ -29,7 +29,7 @@ def step_distance(kind: str, student_logits: Tensor, teacher_logits: Tensor) -> 
     if kind == "rkl":
         return _xlogx_ratio(q, logq, logp)
     if kind == "jsd":
-        logm = torch.logaddexp(logp, logq)  # mix probabilities, not logits
+        logm = torch.logaddexp(logp, logq) - math.log(2.0)  # mix probabilities, not logits
         return 0.5 * (_xlogx_ratio(p, logp, logm) + _xlogx_ratio(q, logq, logm))
     raise ValueError(f"unknown distance {kind!r}")
 

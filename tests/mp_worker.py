@@ -1,0 +1,42 @@
+"""Run by tests/test_multiprocess.py under `torchrun --nproc_per_node 2` (and once in-process):
+a tiny KD run whose final weights and losses are saved by rank 0."""
+import json
+import sys
+
+import torch
+
+
+def main(out_path: str, steps: int = 2):
+    from accelerate import Accelerator
+
+    from kdlib.config import RunConfig
+    from kdlib.models import ModelSize, build_llama, build_word_tokenizer
+    from kdlib.sources import build_source
+    from kdlib.tasks.embedded import TaskSpec, generate_rows, vocabulary
+    from kdlib.train import Trainer
+
+    acc = Accelerator(cpu=True)
+    tok = build_word_tokenizer(vocabulary())
+    rows = generate_rows(TaskSpec("arith", n_train=64, max_steps=4, seed=5), "train")
+    student = build_llama(ModelSize(1, 32, 2, 64), tok, seed=0)
+    teacher = build_llama(ModelSize(2, 48, 2, 96), tok, seed=1).eval()
+    cfg = RunConfig(method="kd", batch_size=8, steps=steps + 1, max_new_tokens=32, lr=1e-3, warmup_steps=0)
+    trainer = Trainer(cfg, student=student, teacher=teacher, tokenizer=tok,
+                      source=build_source("data", rows, cfg.seed, rank=acc.process_index),
+                      sampler=None, run_dir=out_path + ".run", accelerator=acc, progress=False)
+    # the first step's gradients (after DDP's all-reduce), then the whole run's losses
+    batches, _, _ = trainer.draw_step()
+    trainer.accumulate_gradients(batches)
+    model = acc.unwrap_model(trainer.student)
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    trainer.opt.zero_grad()
+    trainer.source.picker.load_state_dict({**trainer.source.picker.state_dict(), "pos": 0})
+    trainer.fit()
+    if acc.is_main_process:
+        torch.save({"grads": grads, "world": acc.num_processes,
+                    "losses": [m["loss"] for m in trainer.state.metrics]}, out_path)
+    acc.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
