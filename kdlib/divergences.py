@@ -85,7 +85,7 @@ def _rkl_grad(logq, logp, value, exact):
 
 
 def _jsd_value(logq, logp, exact, beta):
-    logm = _mix_log(logp, logq, 1 - beta)  # M = β p + (1 − β) q
+    logm = _mix_log(logp, logq, beta)  # M = β p + (1 − β) q
     teacher_part = _xdiff(logp.exp(), logp, logm, exact).sum(-1)
     student_part = _xdiff(logq.exp(), logq, logm, exact).sum(-1)
     return beta * teacher_part + (1 - beta) * student_part

