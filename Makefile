@@ -43,6 +43,7 @@ reproduce: setup
 bench: setup
 	$(PY) benchmarks/bench_divergences.py
 	$(PY) benchmarks/bench_samplers.py
+	$(PY) benchmarks/bench_methods.py
 
 clean:
 	rm -rf .cache

@@ -1,28 +1,32 @@
 """Peak extra memory and time of kdlib's chunked divergences vs the same formulas under plain autograd.
 
-    python benchmarks/bench_divergences.py            # 4096 positions (8 x 512), V = 32000, ~2-3 min
+    python benchmarks/bench_divergences.py            # 4096 positions (8 x 512), V = 32000, ~2-4 min
     python benchmarks/bench_divergences.py --quick    # 1024 positions, a smoke run
 
 For every divergence, two modes each run forward + backward on student logits that require grad:
 - unchunked: log_softmax of the whole (N, V) logits, then the row formula of kdlib.divergences, all under
   plain autograd (what a straightforward implementation does; it saves (N, V) intermediates for backward);
 - chunked: kdlib's public function (custom autograd function, chunk_size default or --chunk-size).
+With --hidden H the student logits come from hidden states (N, H) @ lm_head (V, H) instead: the unchunked
+mode materialises the logits, the chunked one is per_token_loss_from_hidden (the logits never exist).
 
-Memory is measured on CPU as the growth of the process's peak resident set size (VmHWM in
-/proc/self/status, reset through /proc/self/clear_refs) over the resident size once the inputs exist, in a
-fresh subprocess per measurement so no allocator cache carries over (torch's CPU allocations are invisible
-to tracemalloc). The workers run with MALLOC_MMAP_THRESHOLD_=1 MiB so that glibc serves every block of
-1 MiB or more by mmap and returns it on free: RSS then follows the live tensors instead of glibc's heap
-retention, which otherwise adds up to a few blocks to the chunked peak (--default-malloc to see it).
-"beyond grad" subtracts the (N, V) gradient of the student logits, which both modes must return. With CUDA available (--device cuda) it uses
-torch.cuda.max_memory_allocated instead.
+Memory is measured on CPU in a fresh subprocess per measurement, in two ways. "live": the peak of bytes
+held by torch's CPU allocator, from the signed allocation records of torch.profiler(profile_memory=True)
+summed in time order (torch's CPU allocations are invisible to tracemalloc). "RSS": the growth of the
+process's peak resident set size (VmHWM in /proc/self/status, reset through /proc/self/clear_refs) over the
+resident size once the inputs exist; it also counts freed blocks that glibc keeps in its heap. "beyond grad"
+subtracts the gradients of the inputs that require grad (the (N, V) student logits, or hidden states
+and lm_head), which both modes must return. With --device cuda it
+uses torch.cuda.max_memory_allocated instead.
 
-Time is the faster of two runs (the machine is shared, so runs are noisy), forward + backward.
+Time is forward + backward of the measured run, or the fastest of it and --repeats more runs. One run
+per mode keeps the benchmark near two minutes; each run is a cold one for both modes alike.
 --threads defaults to 1: on a 2-core machine shared with other work, a second intra-op thread mostly waits
 at barriers and makes every timing erratic. All ratios in the table come from one run of this script.
 """
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -63,6 +67,25 @@ def _chunked(name, student, other, chunk_size):
     return per_token_loss(name, student, chunk_size=chunk_size, **{key: other})
 
 
+def _profiled_peak_mib(step) -> float:
+    """Peak of live bytes held by torch's CPU allocator during step(), over the bytes live before it:
+    the running sum of the profiler's signed allocation/free records, in time order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == e.device_type().CPU)
+    return max(itertools.accumulate(n for _, n in records), default=0) / 2**20
+
+
+def _chunked_from_hidden(name, hidden, weight, other, chunk_size):
+    from kdlib.divergences import per_token_loss_from_hidden
+
+    key = "teacher_logits" if name != "ce" else "target_ids"
+    return per_token_loss_from_hidden(name, hidden, weight, chunk_size=chunk_size, **{key: other})
+
+
 def worker(args) -> dict:
     import torch
 
@@ -71,51 +94,64 @@ def worker(args) -> dict:
     gen = torch.Generator().manual_seed(0)
     B, T, V = args.batch, args.positions // args.batch, args.vocab
     device = torch.device(args.device)
-    student = (torch.randn(B, T, V, generator=gen) * 2).to(device, dtype).requires_grad_()
+    if args.hidden:  # student logits = hidden @ weight.T; both get gradients
+        hidden = torch.randn(B, T, args.hidden, generator=gen).to(device, dtype).requires_grad_()
+        weight = (torch.randn(V, args.hidden, generator=gen) * 2 / args.hidden**0.5).to(device, dtype)
+        weight.requires_grad_()
+        leaves = [hidden, weight]
+    else:
+        student = (torch.randn(B, T, V, generator=gen) * 2).to(device, dtype).requires_grad_()
+        leaves = [student]
     if args.name == "ce":
         other = torch.randint(0, V, (B, T), generator=gen).to(device)
     else:
         other = (torch.randn(B, T, V, generator=gen) * 2).to(device, dtype)
 
     def step():
-        if args.mode == "unchunked":
-            values = _unchunked(args.name, student, other)
+        for leaf in leaves:
+            leaf.grad = None
+        if args.hidden and args.mode == "chunked":
+            values = _chunked_from_hidden(args.name, hidden, weight, other, args.chunk_size)
         else:
-            values = _chunked(args.name, student, other, args.chunk_size)
+            logits = hidden @ weight.T if args.hidden else student  # (B, T, V)
+            if args.mode == "unchunked":
+                values = _unchunked(args.name, logits, other)
+            else:
+                values = _chunked(args.name, logits, other, args.chunk_size)
         values.sum().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
-    cuda = device.type == "cuda"
-    if cuda:
+    if device.type == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        step()
+        live = rss = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         _reset_peak()
         base = _status_mib("VmRSS")
-    times = []
-    for i in range(2):
-        student.grad = None
+        t0 = time.perf_counter()
+        live = _profiled_peak_mib(step)
+        rss = _status_mib("VmHWM") - base
+    times = [time.perf_counter() - t0]  # the profiler's bookkeeping is small next to (N, V) passes
+    for _ in range(args.repeats):
         t0 = time.perf_counter()
         step()
-        if cuda:
-            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        if i == 0:  # memory of the first run, while its gradient is still alive
-            peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _status_mib("VmHWM")
-            extra = peak - (base / 2**20 if cuda else base)
-    grad_mib = student.numel() * student.element_size() / 2**20
-    return {"extra_mib": extra, "grad_mib": grad_mib, "time_s": min(times)}
+    grad_mib = sum(leaf.numel() * leaf.element_size() for leaf in leaves) / 2**20
+    return {"live_mib": live, "rss_mib": rss, "grad_mib": grad_mib, "time_s": min(times)}
 
 
 def run_worker(args, name, mode) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--name", name, "--mode", mode,
            "--positions", str(args.positions), "--batch", str(args.batch), "--vocab", str(args.vocab),
-           "--threads", str(args.threads), "--dtype", args.dtype, "--device", args.device]
+           "--threads", str(args.threads), "--dtype", args.dtype, "--device", args.device,
+           "--repeats", str(args.repeats), "--hidden", str(args.hidden)]
     if args.chunk_size:
         cmd += ["--chunk-size", str(args.chunk_size)]
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if not args.default_malloc:
-        env["MALLOC_MMAP_THRESHOLD_"] = str(2**20)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         sys.exit(f"worker {name}/{mode} failed:\n{out.stderr}")
@@ -131,18 +167,24 @@ def main(args) -> None:
     print(f"N = {args.positions} positions ({args.batch} x {args.positions // args.batch}), V = {args.vocab}, "
           f"{args.dtype} logits, {args.threads} thread(s), device {args.device}, chunk = {rows} positions "
           f"({rows * args.vocab * 4 / 2**20:.0f} MiB float32 block)")
-    malloc = "glibc default" if args.default_malloc else "MALLOC_MMAP_THRESHOLD_=1MiB"
-    print(f"peak extra RSS (MiB) over the inputs ({malloc}); 'beyond grad' excludes the (N, V) logits gradient")
-    header = (f"{'div':5} {'unchunked':>10} {'chunked':>8} {'ratio':>6} | {'beyond grad: unch.':>18} "
-              f"{'chunk.':>7} {'ratio':>6} | {'time unch.':>10} {'chunk.':>7} {'ratio':>6}")
+    if args.hidden:
+        print(f"student logits from hidden states (N, {args.hidden}) @ lm_head (V, {args.hidden}); chunked = "
+              "per_token_loss_from_hidden")
+    print("peak extra memory (MiB) over the inputs, forward + backward; 'live' = bytes held by torch's allocator,")
+    print("'beyond grad' = live minus the gradients of the inputs that require grad (both modes return them),")
+    print("'RSS' = growth of the process's peak resident set (includes glibc's retention of freed blocks)")
+    header = (f"{'div':5} | {'live unch.':>10} {'chunk.':>6} {'ratio':>5} | {'beyond grad unch.':>17} {'chunk.':>6} "
+              f"{'ratio':>5} | {'RSS unch.':>9} {'chunk.':>6} {'ratio':>5} | "
+              f"{'time unch.':>10} {'chunk.':>6} {'ratio':>5}")
     print(header)
     print("-" * len(header))
     for name in args.names:
         u, c = run_worker(args, name, "unchunked"), run_worker(args, name, "chunked")
-        ug, cg = u["extra_mib"] - u["grad_mib"], c["extra_mib"] - c["grad_mib"]
-        print(f"{name:5} {u['extra_mib']:10.0f} {c['extra_mib']:8.0f} {c['extra_mib'] / u['extra_mib']:6.3f} | "
-              f"{ug:18.0f} {cg:7.0f} {cg / ug:6.3f} | "
-              f"{u['time_s']:9.2f}s {c['time_s']:6.2f}s {c['time_s'] / u['time_s']:6.2f}", flush=True)
+        ug, cg = u["live_mib"] - u["grad_mib"], c["live_mib"] - c["grad_mib"]
+        print(f"{name:5} | {u['live_mib']:10.0f} {c['live_mib']:6.0f} {c['live_mib'] / u['live_mib']:5.3f} | "
+              f"{ug:17.0f} {cg:6.0f} {cg / ug:5.3f} | "
+              f"{u['rss_mib']:9.0f} {c['rss_mib']:6.0f} {c['rss_mib'] / u['rss_mib']:5.3f} | "
+              f"{u['time_s']:9.2f}s {c['time_s']:5.2f}s {c['time_s'] / u['time_s']:5.2f}", flush=True)
     print("targets: memory ratio <= 0.125, time ratio <= 1.2")
 
 
@@ -156,7 +198,10 @@ def parse_args():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--default-malloc", action="store_true", help="keep glibc's dynamic mmap threshold")
+    ap.add_argument("--repeats", type=int, default=0, help="extra timed runs; the fastest run counts")
+    ap.add_argument("--hidden", type=int, default=0,
+                    help="H > 0: student logits come from hidden (B, T, H) @ lm_head (V, H); the chunked mode "
+                         "is per_token_loss_from_hidden, the unchunked one materialises the logits")
     ap.add_argument("--names", nargs="+", default=NAMES, choices=NAMES)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--name", help=argparse.SUPPRESS)

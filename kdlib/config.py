@@ -83,6 +83,9 @@ class RunConfig:
     """Temperature dividing both logits inside the divergence. Not the sampling temperature."""
     n_train: int = 1000
     """Training rows (prompts, and their responses where the source uses them)."""
+    n_prompts: int = 0
+    """Rows the distillation run itself uses (the first n_prompts of n_train; 0 = all n_train). The SFT
+    warm-up always uses all n_train labelled rows (GKD Fig. 3: on-policy with 5 % of the prompts)."""
     n_eval: int = 200
     """Held-out rows scored at the end (and at every eval_every)."""
     eval_every: int = 0
@@ -91,6 +94,10 @@ class RunConfig:
     """Splits scored at the end: test, and plus (arith's perturbed split)."""
     seed: int = 0
     """Seed for data order, the λ coin, sampling and initialisation."""
+    report_to: tuple = ()
+    """accelerate trackers to log metrics to as well as metrics.csv, e.g. ['tensorboard'] or ['wandb']."""
+    lora_rank: int = 0
+    """Train LoRA adapters of this rank on every linear layer of the student (peft); 0 = full fine-tuning."""
     dtype: str = "auto"
     """auto (bf16 on CUDA where supported, else float32) | float32 | bfloat16."""
     chunk_size: int = 0
@@ -115,7 +122,7 @@ class RunConfig:
         _positive(self, "steps", "batch_size", "lr", "max_new_tokens", "n_train", "n_eval")
         _non_negative(self, "warmup_steps", "weight_decay", "max_grad_norm", "sample_temperature",
                       "micro_batch_size", "eval_every", "chunk_size", "checkpoint_every",
-                      "teacher_steps")
+                      "teacher_steps", "lora_rank", "n_prompts")
         if self.loss_temperature <= 0:
             raise ValueError(f"loss_temperature={self.loss_temperature} must be > 0")
         if not 0.0 <= self.student_data_fraction <= 1.0:
@@ -155,9 +162,10 @@ class RunConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["eval_splits"] = list(self.eval_splits)
+        d["report_to"] = list(self.report_to)
         return d
 
-    def hash(self, exclude=("eval_every", "checkpoint_every", "keep_checkpoints")) -> str:
+    def hash(self, exclude=("eval_every", "checkpoint_every", "keep_checkpoints", "report_to")) -> str:
         """Stable short hash of everything that changes the result (cache key)."""
         d = {k: v for k, v in self.to_dict().items() if k not in exclude}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -186,8 +194,9 @@ def from_dict(d: dict, source: str = "config") -> RunConfig:
     if unknown:
         raise ValueError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(FIELD_NAMES)}")
     d = dict(d)
-    if "eval_splits" in d:
-        d["eval_splits"] = tuple(d["eval_splits"])
+    for key in ("eval_splits", "report_to"):
+        if key in d:
+            d[key] = tuple(d[key])
     return RunConfig(**d)
 
 

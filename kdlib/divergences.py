@@ -297,9 +297,13 @@ class _ChunkedDivergence(torch.autograd.Function):
         rule, params, temperature, rows, width = ctx.args
         grad = torch.zeros_like(student) if width < student.shape[-1] else torch.empty_like(student)
         for block in _blocks(*values.shape, rows):
-            g = _chunk_grad(student[block], other[block], values[block], exact[block], grad_values[block],
-                            rule, params, temperature, width)  # (n, V)
-            grad[block][..., :width] = g.view(*values[block].shape, width)
+            out = grad[block][..., :width]  # (b, t, V) view of the result
+            upstream = grad_values[block]  # (b, t)
+            g = _chunk_grad(student[block], other[block], values[block], exact[block], rule, params, temperature,
+                            width)  # (n, V)
+            scale = upstream.to(g.dtype) / temperature  # d/dz = d/ds / τ, since s = z / τ
+            torch.mul(g.view(out.shape), scale[..., None], out=out)  # scale, cast and store in one pass
+            out[upstream == 0] = 0.0  # masked positions: exactly 0, even where the logits are not finite
         return grad, None, None, None, None, None, None
 
 
@@ -321,16 +325,13 @@ def _chunk_values(student, other, rule, params, temperature, width, dtype):
     return v, bad
 
 
-def _chunk_grad(student, other, values, exact, upstream, rule, params, temperature, width):
-    """d(Σ upstream·values)/d(student logits) of one block, (n, V), in the compute dtype."""
+def _chunk_grad(student, other, values, exact, rule, params, temperature, width):
+    """d values / d(student logits / τ) of one block, (n, V), in the compute dtype."""
     logq, target = _chunk_inputs(student, other, rule, temperature, width, values.dtype)
     v, bad = values.reshape(-1), exact.reshape(-1)  # (n,)
     g = rule.grad(logq, target, v, False, **params)  # (n, V)
     if bad.any():
         g[bad] = rule.grad(logq[bad], target[bad], v[bad], True, **params)
-    upstream = upstream.reshape(-1).to(g.dtype)  # (n,)
-    g.mul_((upstream / temperature)[:, None])  # d/dz = d/ds / τ, since s = z / τ
-    g[upstream == 0] = 0.0  # masked positions: exactly 0, even where the logits are not finite
     return g
 
 
@@ -345,36 +346,39 @@ def _as_3d(x: Tensor) -> Tensor:
     return x.reshape(-1, *x.shape[-2:])
 
 
-def _divergence(name, student_logits, other, params, temperature, chunk_size):
-    rule = _rule(name)
-    validate_params(name, temperature=temperature, chunk_size=chunk_size, **params)
-    if not student_logits.is_floating_point():
-        raise ValueError(f"student_logits must be floating point, got {student_logits.dtype}")
-    lead = student_logits.shape[:-1]
-    vs = student_logits.shape[-1]
+def _check_other(rule, other, lead, vs):
+    """Validate teacher logits (..., Vt) or target ids (...) against the student's positions `lead` and
+    width vs; return the compared width and `other` as (B, T, Vt) or (B, T)."""
     if rule.uses_teacher:
         if not other.is_floating_point():
             raise ValueError(f"teacher_logits must be floating point, got {other.dtype}")
         if other.shape[:-1] != lead:
-            raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                             f"{tuple(other.shape)} differ in positions; align them first (caller's job)")
+            raise ValueError(f"student positions {tuple(lead)} and teacher logits {tuple(other.shape)} differ "
+                             "in positions; align them first (the caller's job)")
         vt = other.shape[-1]
         if vs != vt:
             _warn_width_once(vs, vt)
         if other.requires_grad and torch.is_grad_enabled():
             _warn_teacher_grad_once()
-        width, other = min(vs, vt), _as_3d(other.detach())
-    else:
-        if other.shape != lead or other.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"target_ids must be integer ids of shape {tuple(lead)}, got "
-                             f"{other.dtype} {tuple(other.shape)}")
-        if other.numel() and int(other.max()) >= vs:
-            raise ValueError(f"target id {int(other.max())} is outside the student vocabulary (V = {vs})")
-        width, other = vs, other.reshape(_as_3d(student_logits).shape[:2]).long()
+        return min(vs, vt), _as_3d(other.detach())
+    if other.shape != lead or other.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"target_ids must be integer ids of shape {tuple(lead)}, got {other.dtype} "
+                         f"{tuple(other.shape)}")
+    if other.numel() and int(other.max()) >= vs:
+        raise ValueError(f"target id {int(other.max())} is outside the student vocabulary (V = {vs})")
+    return vs, _as_3d(other.long()[..., None])[..., 0]
+
+
+def _divergence(name, student_logits, other, params, temperature, chunk_size):
+    rule = _rule(name)
+    validate_params(name, temperature=temperature, chunk_size=chunk_size, **params)
+    if not student_logits.is_floating_point():
+        raise ValueError(f"student_logits must be floating point, got {student_logits.dtype}")
+    width, other = _check_other(rule, other, student_logits.shape[:-1], student_logits.shape[-1])
     rows = chunk_size or default_chunk_size(width, student_logits.device)
     params = {k: float(v) for k, v in params.items()}
     values = _ChunkedDivergence.apply(_as_3d(student_logits), other, rule, params, float(temperature), rows, width)
-    return values.reshape(lead)
+    return values.reshape(student_logits.shape[:-1])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -460,6 +464,17 @@ DIVERGENCES = {
 }
 
 
+def _pick_other(name, teacher_logits, target_ids):
+    """The one comparison input divergence `name` uses; an unused input is an error, not ignored."""
+    need, unused = ("teacher_logits", "target_ids") if needs_teacher(name) else ("target_ids", "teacher_logits")
+    given = {"teacher_logits": teacher_logits, "target_ids": target_ids}
+    if given[need] is None:
+        raise ValueError(f"divergence {name!r} needs {need}")
+    if given[unused] is not None:
+        raise ValueError(f"divergence {name!r} does not use {unused}; pass only {need}")
+    return given[need]
+
+
 def per_token_loss(name, student_logits, *, teacher_logits=None, target_ids=None, **params):
     """Dispatch by config name ('fkl', 'rkl', 'jsd', 'tvd', 'sfkl', 'srkl', 'ce') -> (B, T) values.
 
@@ -467,13 +482,75 @@ def per_token_loss(name, student_logits, *, teacher_logits=None, target_ids=None
     so a mis-wired call fails instead of silently ignoring an input.
     """
     validate_params(name, **params)
-    given, unused = (teacher_logits, target_ids) if needs_teacher(name) else (target_ids, teacher_logits)
-    need, other = ("teacher_logits", "target_ids") if needs_teacher(name) else ("target_ids", "teacher_logits")
-    if given is None:
-        raise ValueError(f"divergence {name!r} needs {need}")
-    if unused is not None:
-        raise ValueError(f"divergence {name!r} does not use {other}; pass only {need}")
-    return DIVERGENCES[name](student_logits, given, **params)
+    return DIVERGENCES[name](student_logits, _pick_other(name, teacher_logits, target_ids), **params)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Stretch: the student's logits computed chunk by chunk from its last hidden states and lm_head.
+
+
+class _ChunkedHiddenDivergence(torch.autograd.Function):
+    """As _ChunkedDivergence, with each block of student logits computed as hidden @ Wᵀ in forward and
+    again in backward: neither the (B, T, V) student logits nor their gradient are ever materialised."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, other, rule, params, temperature, rows, width):
+        head = weight[:width]  # (V, H); ids past the compared width play no part
+        values = hidden.new_empty(hidden.shape[:2], dtype=_compute_dtype(head))  # (B, T)
+        exact = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device)  # (B, T)
+        for block in _blocks(*values.shape, rows):
+            v, bad = _chunk_values(hidden[block] @ head.T, other[block], rule, params, temperature, width,
+                                   values.dtype)
+            values[block], exact[block] = v.view(values[block].shape), bad.view(values[block].shape)
+        ctx.save_for_backward(hidden, weight, other, values, exact)
+        ctx.args = (rule, params, temperature, rows, width)
+        return values
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_values):
+        hidden, weight, other, values, exact = ctx.saved_tensors
+        rule, params, temperature, rows, width = ctx.args
+        head = weight[:width]
+        grad_h = torch.zeros_like(hidden)  # (B, T, H)
+        grad_w = torch.zeros(weight.shape, dtype=values.dtype, device=weight.device)  # accumulated in fp32
+        for block in _blocks(*values.shape, rows):
+            h = hidden[block].reshape(-1, hidden.shape[-1])  # (n, H)
+            g = _chunk_grad(h @ head.T, other[block], values[block], exact[block], rule, params, temperature, width)
+            upstream = grad_values[block]  # (b, t)
+            keep = upstream != 0  # masked positions contribute exactly 0: drop their rows, NaN or not
+            g, h = g[keep.view(-1)], h[keep.view(-1)]
+            g.mul_((upstream[keep].to(g.dtype) / temperature)[:, None])  # d/dz = d/ds / τ
+            grad_h[block][keep] = g.to(head.dtype) @ head  # (kept, H)
+            grad_w[:width].addmm_(g.T, h.to(g.dtype))  # (V, H)
+        return grad_h, grad_w.to(weight.dtype), None, None, None, None, None, None
+
+
+def per_token_loss_from_hidden(name, hidden_states, lm_head_weight, *, teacher_logits=None, target_ids=None,
+                               **params):
+    """per_token_loss with student logits = hidden_states @ lm_head_weightᵀ, formed one chunk at a time.
+
+    hidden_states (B, T, H) are the student's final hidden states (after its last norm), lm_head_weight
+    (V, H) its output projection (no bias, as in Llama/Qwen heads). Values equal
+    per_token_loss(name, hidden_states @ lm_head_weight.T, ...); gradients flow to both inputs, and the
+    (B, T, V) logits and their gradient never exist: memory beyond the inputs is a few (chunk, V) blocks
+    plus a float32 (V, H) accumulator for the weight gradient. The logits matmul runs twice (forward and
+    backward), the price of not storing them.
+    """
+    validate_params(name, **params)
+    other = _pick_other(name, teacher_logits, target_ids)
+    if not hidden_states.is_floating_point() or lm_head_weight.dim() != 2 \
+            or lm_head_weight.shape[1] != hidden_states.shape[-1]:
+        raise ValueError(f"need float hidden_states (B, T, H) and lm_head_weight (V, H); got "
+                         f"{tuple(hidden_states.shape)} {hidden_states.dtype} and {tuple(lm_head_weight.shape)}")
+    temperature, chunk_size = params.pop("temperature", 1.0), params.pop("chunk_size", None)
+    rule = _rule(name)
+    params = {**rule.params, **{k: float(v) for k, v in params.items()}}
+    width, other = _check_other(rule, other, hidden_states.shape[:-1], lm_head_weight.shape[0])
+    rows = chunk_size or default_chunk_size(width, hidden_states.device)
+    values = _ChunkedHiddenDivergence.apply(_as_3d(hidden_states), lm_head_weight, other, rule, params,
+                                            float(temperature), rows, width)
+    return values.reshape(hidden_states.shape[:-1])
 
 
 # --------------------------------------------------------------------------------------------------------

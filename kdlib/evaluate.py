@@ -106,3 +106,38 @@ def evaluate(model, tokenizer, rows: list[dict], *, metric: str, max_new_tokens:
         tmp.replace(out_path)
     return {"metric": metric, "score": sum(r["score"] for r in records) / max(1, len(records)),
             "n": len(records), "buckets": length_buckets(records)}
+
+
+def self_bleu(samples: list[str]) -> float:
+    """Mean BLEU (sacrebleu, 0-100) of each sample against the other samples of the same prompt:
+    high = the samples repeat each other (low diversity). GKD Fig. 4 uses it as the diversity axis."""
+    import sacrebleu
+
+    if len(samples) < 2:
+        raise ValueError("self-BLEU needs at least two samples per prompt")
+    scores = [sacrebleu.sentence_bleu(s, samples[:i] + samples[i + 1:]).score for i, s in enumerate(samples)]
+    return sum(scores) / len(scores)
+
+
+@torch.no_grad()
+def quality_and_diversity(model, tokenizer, rows: list[dict], *, metric: str, temperature: float,
+                          n_samples: int, max_new_tokens: int, seed: int = 0) -> dict:
+    """Sample `n_samples` responses per prompt at `temperature`: mean score and mean self-BLEU."""
+    from kdlib.samplers import build_sampler
+
+    sampler, gen = build_sampler("student"), torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    prompts = [r["prompt"] for r in rows for _ in range(n_samples)]
+    texts = []
+    for i in range(0, len(prompts), 64):
+        ids, mask = encode_prompts(tokenizer, prompts[i:i + 64], device)
+        ro = sampler.sample(model, None, ids, mask, max_new_tokens=max_new_tokens,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                            temperature=temperature, generator=gen)
+        resp = ro.input_ids[:, ro.prompt_length:].masked_fill(~ro.response_mask[:, ro.prompt_length:],
+                                                              tokenizer.pad_token_id)
+        texts += [t.strip() for t in tokenizer.batch_decode(resp, skip_special_tokens=True)]
+    groups = [texts[i:i + n_samples] for i in range(0, len(texts), n_samples)]
+    records = score_rows([r for r in rows for _ in range(n_samples)], texts, metric)
+    return {"temperature": temperature, "score": sum(r["score"] for r in records) / len(records),
+            "self_bleu": sum(self_bleu(g) for g in groups) / len(groups)}

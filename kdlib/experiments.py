@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import subprocess
 import time
 from importlib import metadata
@@ -75,7 +76,9 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
     if _needs_teacher(cfg):
         teacher = load_model(teacher_path(cfg, progress, teacher_cfg), device=device, dtype=dtype)
     student = _initial_student(cfg, tok, progress).to(device=device, dtype=dtype)
-    rows = workload.load_split(cfg.task, "train", cfg.n_train)
+    if cfg.lora_rank:
+        student = with_lora(student, cfg.lora_rank)
+    rows = workload.load_split(cfg.task, "train", cfg.n_train)[: cfg.n_prompts or None]
     r = cfg.resolved
     if r["source"] == "seqkd":
         rows = seqkd_rows(cfg, teacher, tok, rows)
@@ -94,8 +97,12 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
         checkpoints.load(trainer, last)
     trainer.fit()
     model = trainer.acc.unwrap_model(trainer.student)
+    if cfg.lora_rank:
+        model = model.merge_and_unload()  # a plain model: evaluation and later runs load it as usual
+    shutil.rmtree(d / "model.tmp", ignore_errors=True)
     model.save_pretrained(d / "model.tmp")
-    (d / "model.tmp").replace(d / "model") if not (d / "model").exists() else None
+    shutil.rmtree(d / "model", ignore_errors=True)
+    (d / "model.tmp").replace(d / "model")
     scores = {}
     for split in cfg.eval_splits:
         rows_eval = workload.load_split(cfg.task, split, cfg.n_eval)
@@ -163,6 +170,14 @@ def _initial_student(cfg: RunConfig, tok, progress: bool):
     if cfg.student in EMBEDDED_SIZES:
         return build_llama(EMBEDDED_SIZES[cfg.student], tok, seed=cfg.seed)
     return load_model(_named_path(cfg.student))
+
+
+def with_lora(model, rank: int):
+    """LoRA adapters (peft) on every linear layer; only they train."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear",
+                                            lora_dropout=0.0, task_type="CAUSAL_LM"))
 
 
 def _named_path(name: str) -> str:
@@ -242,3 +257,9 @@ def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=str))
     tmp.replace(path)
+
+
+def trained_model(cfg: RunConfig, progress: bool = True):
+    """The student a config trains (running it if not cached) and its tokenizer."""
+    run(cfg, progress=progress)
+    return load_model(str(run_dir(cfg) / "model")), resolve_tokenizer(cfg)

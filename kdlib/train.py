@@ -103,16 +103,21 @@ class Trainer:
     """Runs `cfg` on given models and rows; `run_dir` receives metrics, checkpoints and provenance."""
 
     def __init__(self, cfg: RunConfig, *, student, teacher, tokenizer, source: Source, sampler,
-                 run_dir, accelerator=None, progress: bool = True, on_eval=None):
+                 run_dir, accelerator=None, progress: bool = True, on_eval=None, log_with=None):
         from accelerate import Accelerator
 
         self.cfg, self.tokenizer, self.source, self.progress = cfg, tokenizer, source, progress
-        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        log_with = list(log_with or cfg.report_to) or None  # tracker names or GeneralTracker objects
+        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(), log_with=log_with,
+                                              project_dir=str(self.run_dir))
+        if log_with:
+            self.acc.init_trackers("kdlib", config={k: str(v) for k, v in cfg.to_dict().items()})
         self.on_eval = on_eval
         torch.manual_seed(cfg.seed)
-        opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        trainable = [p for p in student.parameters() if p.requires_grad]  # LoRA: the adapters only
+        opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
         self.student, self.opt, self.sched = self.acc.prepare(student, opt, sched)
         self.teacher = teacher
@@ -189,6 +194,8 @@ class Trainer:
                "teacher_fraction": stats.get("teacher_fraction", 0.0),
                "switch_rate": stats.get("switch_rate", float("nan"))}
         self.state.metrics.append(row)
+        if self.acc.trackers:
+            self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=row["step"])
         return row
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -209,6 +216,8 @@ class Trainer:
                 checkpoints.save(self)
         bar.close()
         self.write_metrics()
+        if self.acc.trackers:
+            self.acc.end_training()
         return self.state
 
     def write_metrics(self):

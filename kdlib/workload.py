@@ -6,6 +6,7 @@ build never leaves an artifact that a later run would trust. `make clean` remove
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -66,13 +67,19 @@ def task_dir(task: str) -> Path:
 
 
 def load_split(task: str, split: str, n: int | None = None) -> list[dict]:
+    """The first `n` rows of a split (all when None); parsed once per process and cache folder."""
+    rows = _load_split(str(cache_root()), task, split)
+    return list(rows[:n] if n is not None else rows)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_split(root: str, task: str, split: str) -> tuple:
     from kdlib.data import load_jsonl
 
     path = task_dir(task) / f"{split}.jsonl"
     if not path.exists():
         raise ValueError(f"task {task!r} has no split {split!r}; it has {TASK_SPLITS[task]}")
-    rows = load_jsonl(path)
-    return rows[:n] if n is not None else rows
+    return tuple(load_jsonl(path))
 
 
 def tokenizer_dir() -> Path:

@@ -111,3 +111,12 @@ def test_every_config_file_loads():
     assert len(files) >= 10
     for f in files:
         cfgmod.load_config(f)
+
+
+def test_self_bleu_is_high_for_copies_and_low_for_different_samples():
+    from kdlib.evaluate import self_bleu
+
+    assert self_bleu(["ana will buy milk on monday"] * 3) == pytest.approx(100.0)
+    assert self_bleu(["ana will buy milk on monday", "ben fixes the roof", "cara calls mom today"]) < 10
+    with pytest.raises(ValueError):
+        self_bleu(["one"])

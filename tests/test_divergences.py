@@ -457,3 +457,86 @@ def test_unknown_names_params_and_missing_inputs():
         D.per_token_loss("ce", s, target_ids=ids, teacher_logits=t)
     with pytest.raises(ValueError, match="differ in positions"):
         D.forward_kl(s, logits(1, 3, 5))
+
+
+def test_function_defaults_match_the_registry():
+    import inspect
+
+    for name, fn in D.DIVERGENCES.items():
+        defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()
+                    if p.kind is p.KEYWORD_ONLY and k not in ("temperature", "chunk_size")}
+        assert defaults == D._RULES[name].params, name
+
+
+# ---- stretch: student logits formed from hidden states and lm_head, chunk by chunk --------------------
+
+
+def _hidden_case(seed=40, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(2, 5, 6, generator=gen, dtype=dtype)
+    weight = torch.randn(11, 6, generator=gen, dtype=dtype) / 2
+    return hidden, weight
+
+
+@pytest.mark.parametrize("name", TEACHER_NAMES + ["ce"])
+def test_from_hidden_equals_logits_path(name):
+    hidden, weight = _hidden_case()
+    other = ({"target_ids": torch.randint(-1, 11, (2, 5), generator=torch.Generator().manual_seed(1))}
+             if name == "ce" else {"teacher_logits": logits(2, 5, 11, seed=41)})
+    weights = torch.linspace(0.5, 2.0, 10).view(2, 5)
+
+    def run(fn):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        values = fn(h, w)
+        (values * weights).sum().backward()
+        return values.detach(), h.grad, w.grad
+
+    got = run(lambda h, w: D.per_token_loss_from_hidden(name, h, w, chunk_size=3, temperature=1.4, **other))
+    want = run(lambda h, w: D.per_token_loss(name, h @ w.T, temperature=1.4, **other))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fkl", "jsd", "ce"])
+def test_from_hidden_gradcheck_float64(name):
+    hidden, weight = _hidden_case(dtype=torch.float64)
+    other = ({"target_ids": torch.tensor([[0, 10, -100, 3, 3], [1, 2, 5, 7, 9]])} if name == "ce"
+             else {"teacher_logits": logits(2, 5, 11, seed=42, dtype=torch.float64)})
+
+    def f(h, w):
+        return D.per_token_loss_from_hidden(name, h, w, chunk_size=4, **other)
+
+    assert torch.autograd.gradcheck(f, (hidden.requires_grad_(), weight.requires_grad_()))
+
+
+def test_from_hidden_masked_nan_row_does_not_poison_the_weight_gradient():
+    hidden, weight = _hidden_case()
+    teacher = logits(2, 5, 11, seed=43)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 2] = False
+
+    def weight_grad(h):
+        w = weight.clone().requires_grad_()
+        D.reduce_loss(D.per_token_loss_from_hidden("fkl", h, w, teacher_logits=teacher, chunk_size=2),
+                      mask, mask.sum()).backward()
+        return w.grad
+
+    bad = hidden.clone()
+    bad[1, 2, 0] = math.nan
+    torch.testing.assert_close(weight_grad(bad), weight_grad(hidden))
+
+
+def test_from_hidden_never_saves_logits():
+    hidden, weight = _hidden_case()
+    hidden.requires_grad_()
+    saved = []
+
+    def pack(x):
+        saved.append(x)
+        return x
+
+    teacher = logits(2, 5, 11)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        D.per_token_loss_from_hidden("jsd", hidden, weight, teacher_logits=teacher, chunk_size=3)
+    inputs = {hidden.data_ptr(), weight.data_ptr(), teacher.data_ptr()}
+    assert saved and all(x.data_ptr() in inputs for x in saved if x.numel() > 10)  # else (B, T) statistics

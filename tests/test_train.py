@@ -148,3 +148,53 @@ def test_teacher_logits_from_rollout_replace_a_second_teacher_forward(tokenizer,
     l_fresh, _ = micro_batch_loss_sum(t.student, t.teacher, batches[0], cfg, f_fresh)
     assert (f_reuse.teacher, f_fresh.teacher) == (0, 1)
     assert l_reuse.item() == pytest.approx(l_fresh.item(), rel=1e-4, abs=1e-5)
+
+
+def test_lora_trains_only_adapters_and_saves_a_plain_model(tokenizer, arith_rows, tmp_path):
+    from kdlib.experiments import with_lora
+
+    student = with_lora(tiny_llama(tokenizer, 0), rank=4)
+    base = {n: p.detach().clone() for n, p in student.named_parameters() if not p.requires_grad}
+    cfg = RunConfig(method="sft", batch_size=4, steps=2, max_new_tokens=24, lora_rank=4, lr=1e-2)
+    t = Trainer(cfg, student=student, teacher=None, tokenizer=tokenizer,
+                source=build_source("data", arith_rows, 0), sampler=None, run_dir=tmp_path, progress=False)
+    lora_before = {n: p.detach().clone() for n, p in student.named_parameters() if "lora_B" in n}
+    t.fit()
+    for n, p in student.named_parameters():
+        if n in base:
+            assert torch.equal(p, base[n]), n  # frozen base weights untouched
+    assert any(not torch.equal(p, lora_before[n]) for n, p in student.named_parameters() if n in lora_before)
+    merged = student.merge_and_unload()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+def test_metrics_reach_accelerate_trackers_and_csv(tokenizer, arith_rows, tmp_path):
+    from accelerate.tracking import GeneralTracker
+
+    class Memory(GeneralTracker):
+        name, requires_logging_directory = "memory", False
+
+        def __init__(self):
+            super().__init__()
+            self.rows, self.config = [], None
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.config = values
+
+        def log(self, values, step=None, **kwargs):
+            self.rows.append((step, values))
+
+    mem = Memory()
+    cfg = RunConfig(method="kd", batch_size=4, steps=3, max_new_tokens=24)
+    t = Trainer(cfg, student=tiny_llama(tokenizer, 0), teacher=tiny_llama(tokenizer, 1), tokenizer=tokenizer,
+                source=build_source("data", arith_rows, 0), sampler=None, run_dir=tmp_path,
+                progress=False, log_with=[mem])
+    t.fit()
+    assert [s for s, _ in mem.rows] == [1, 2, 3] and mem.config["method"] == "kd"
+    assert all(math.isfinite(v["loss"]) for _, v in mem.rows)
+    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("step,loss") and len(csv_lines) == 4

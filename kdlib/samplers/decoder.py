@@ -59,7 +59,7 @@ def draw_tokens(logits: Tensor, generator: torch.Generator, temperature: float =
     softmax(logits / temperature), optionally restricted to the top_k ids and the top_p nucleus."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
     if 0 < top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (n, 1)
         logits = logits.masked_fill(logits < kth, -torch.inf)
@@ -70,8 +70,8 @@ def draw_tokens(logits: Tensor, generator: torch.Generator, temperature: float =
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -torch.inf))
     # Inverse-CDF draw: one uniform per row. torch.multinomial draws one exponential per vocabulary
     # entry, which costs more than a small model's forward step on CPU.
-    cdf = logits.softmax(-1).cumsum(-1, dtype=torch.float64)  # (n, V); float64: no drift over 150k ids
-    u = torch.rand((logits.shape[0], 1), generator=generator, dtype=torch.float64, device=logits.device)
+    cdf = logits.softmax(-1).cumsum(-1)  # (n, V); CPU accumulates in float64, so no drift over 150k ids
+    u = torch.rand((logits.shape[0], 1), generator=generator, device=logits.device)
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # first id with cdf > u: never a p = 0 id
     return token.clamp_(max=logits.shape[-1] - 1).squeeze(-1)  # (n,)
 
