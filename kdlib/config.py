@@ -44,11 +44,16 @@ class RunConfig:
     teacher: str = "teacher"
     """Teacher: an embedded size name, a local directory or a hub name."""
     teacher_steps: int = 0
-    """Embedded profile: SFT steps of the teacher recipe (0 = the task's default, TEACHER_STEPS)."""
+    """Embedded: SFT steps of the teacher recipe (0 = the task's default, TEACHER_STEPS). Named teacher:
+    fine-tune it on the training rows for this many steps first (0 = use it as loaded)."""
+    teacher_sft: dict = field(default_factory=dict)
+    """Fields of the named teacher's own fine-tuning run, e.g. {'lr': 5e-5, 'lora_rank': 16} (DistiLLM
+    fine-tunes its teachers on Dolly first); used when teacher_steps > 0."""
     student: str = "student-s"
     """Student: an embedded size name, a local directory or a hub name."""
     student_init: str = "sft"
-    """'sft': start from the student fine-tuned on the labelled rows (cached); 'scratch': random init."""
+    """'sft': start from the student fine-tuned on the labelled rows (cached); 'scratch': random init of
+    an embedded size; 'pretrained': a named model's weights as loaded (paper profile, SmolLM2)."""
     source: Optional[str] = None
     """Where a step's sequences come from: data | seqkd | sampler | mix | distillm."""
     sampler: Optional[str] = None
@@ -94,6 +99,14 @@ class RunConfig:
     """Splits scored at the end: test, and plus (arith's perturbed split)."""
     seed: int = 0
     """Seed for data order, the λ coin, sampling and initialisation."""
+    data_dir: str = ""
+    """Paper profile: a folder of <dataset>/<split>.jsonl files in the hub schema, read instead of the
+    hub ('' = the hub, or $KDLIB_PAPER_DATA)."""
+    chat_template_from: str = "check"
+    """'check': refuse a pair whose chat templates differ; 'student' / 'teacher': format every prompt
+    with that model's template (both models read the same token ids)."""
+    gradient_checkpointing: bool = False
+    """Recompute the student's activations in backward: less memory for large students, ~30 % slower."""
     report_to: tuple = ()
     """accelerate trackers to log metrics to as well as metrics.csv, e.g. ['tensorboard'] or ['wandb']."""
     lora_rank: int = 0
@@ -112,8 +125,26 @@ class RunConfig:
             raise ValueError(f"method={self.method!r} is unknown; choose one of {sorted(METHODS)}")
         if self.profile not in ("embedded", "paper"):
             raise ValueError(f"profile={self.profile!r}: choose 'embedded' or 'paper'")
-        if self.student_init not in ("sft", "scratch"):
-            raise ValueError(f"student_init={self.student_init!r}: choose 'sft' or 'scratch'")
+        if self.student_init not in ("sft", "scratch", "pretrained"):
+            raise ValueError(f"student_init={self.student_init!r}: choose 'sft', 'scratch' or 'pretrained'")
+        from kdlib.models import EMBEDDED_SIZES  # late import: config must stay cheap to import
+
+        embedded_student = self.student in EMBEDDED_SIZES
+        if self.student_init == "scratch" and not embedded_student:
+            raise ValueError(f"student_init='scratch' builds an embedded size; student={self.student!r} is a "
+                             "named model: use student_init='pretrained' (or 'sft')")
+        if self.student_init == "pretrained" and embedded_student:
+            raise ValueError(f"student_init='pretrained' loads a named model; student={self.student!r} is an "
+                             "embedded size: use 'scratch' or 'sft'")
+        if self.chat_template_from not in ("check", "student", "teacher"):
+            raise ValueError(f"chat_template_from={self.chat_template_from!r}: choose check, student or teacher")
+        if self.profile == "paper":
+            from kdlib.paper import DATASETS
+
+            if self.task not in DATASETS:
+                raise ValueError(f"task={self.task!r} is not a paper dataset; choose one of {sorted(DATASETS)}")
+        elif self.data_dir:
+            raise ValueError("data_dir is for profile='paper' (embedded tasks are generated, not read)")
         r = self.resolved
         if r["source"] not in SOURCES:
             raise ValueError(f"source={r['source']!r} is unknown; choose one of {SOURCES}")
@@ -167,11 +198,28 @@ class RunConfig:
 
     def hash(self, exclude=("eval_every", "checkpoint_every", "keep_checkpoints", "report_to")) -> str:
         """Stable short hash of everything that changes the result (cache key)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        defaults = _defaults()
+        d = {k: v for k, v in self.to_dict().items()
+             if k not in exclude and not (k in ADDED_FIELDS and v == defaults[k])}
+        sampler = self.resolved["sampler"]
+        if sampler is not None:  # a parameter spelled out at its default is the same run
+            from kdlib.samplers import SAMPLER_DEFAULTS
+
+            d["sampler_params"] = {**SAMPLER_DEFAULTS[sampler], **self.sampler_params}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def replace(self, **changes) -> "RunConfig":
         return from_dict({**self.to_dict(), **changes})
+
+
+# Fields added after runs were first cached: left out of the hash while at their default, so that an
+# upgrade keeps every existing cache entry (trained teachers, finished runs) valid.
+ADDED_FIELDS = ("teacher_sft", "data_dir", "chat_template_from", "gradient_checkpointing")
+
+
+def _defaults() -> dict:
+    return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+            for f in fields(RunConfig)}
 
 
 def _positive(cfg, *names):

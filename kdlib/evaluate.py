@@ -74,7 +74,8 @@ def score_rows(rows: list[dict], predictions: list[str], metric: str) -> list[di
         if metric == "accuracy":
             score = float(answer_correct(pred, row["answer"]))
         else:
-            score = rouge_l(row["response"], pred)
+            # several references (MiniLLM's eval sets): the best match counts, as rouge-score's max
+            score = max(rouge_l(ref, pred) for ref in (row.get("references") or [row["response"]]))
         records.append({"id": row.get("id"), "prompt": row["prompt"], "reference": row["response"],
                         "prediction": pred, "score": score, "ref_words": len(row["response"].split()),
                         "steps": row.get("steps")})

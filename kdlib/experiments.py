@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # The teacher recipe per task: SFT from scratch on the full training pool (measured in the workload
 # report, figures/workload/).
-TEACHER_STEPS = {"arith": 1200, "summ": 1200}
+TEACHER_STEPS = {"arith": 1200, "summ": 1000}
 # The student's supervised warm-up before distillation (GKD and AdaSwitch start from an SFT student).
 SFT_INIT_STEPS = 300
 
@@ -40,16 +40,62 @@ def teacher_recipe(task: str, size: str = "teacher", steps: int | None = None) -
 
 
 def teacher_config(cfg: RunConfig) -> RunConfig:
-    """The run that trains `cfg`'s embedded teacher."""
-    return teacher_recipe(cfg.task, cfg.teacher, cfg.teacher_steps or None)
+    """The run that trains `cfg`'s teacher: an embedded size by its recipe; a named teacher with
+    teacher_steps > 0 is fine-tuned on the run's training rows first (DistiLLM's protocol)."""
+    if cfg.teacher in EMBEDDED_SIZES:
+        return teacher_recipe(cfg.task, cfg.teacher, cfg.teacher_steps or None)
+    shared = _shared_fields(cfg)
+    return RunConfig(**{**shared, "method": "sft", "teacher": cfg.teacher, "student": cfg.teacher,
+                        "student_init": "pretrained", "steps": cfg.teacher_steps, "n_prompts": 0,
+                        "eval_splits": (cfg.eval_splits[0],), **cfg.teacher_sft})
 
 
 def sft_init_recipe(cfg: RunConfig) -> RunConfig:
-    """The supervised warm-up that `student_init='sft'` starts from: same student, task, rows, seed."""
-    return RunConfig(method="sft", task=cfg.task, student=cfg.student, student_init="scratch",
-                     n_train=cfg.n_train, steps=min(SFT_INIT_STEPS, cfg.steps * 3), batch_size=32,
-                     lr=3e-3, warmup_steps=20, seed=cfg.seed, n_eval=cfg.n_eval,
-                     eval_splits=cfg.eval_splits, max_new_tokens=cfg.max_new_tokens)
+    """The supervised warm-up that `student_init='sft'` starts from: same student, task, rows, seed.
+    Embedded: SFT_INIT_STEPS at lr 3e-3. Paper profile: the run's own steps and lr (CHOSEN: the papers
+    start from SFT students but their warm-up budgets are not all stated)."""
+    if cfg.student in EMBEDDED_SIZES:
+        return RunConfig(method="sft", task=cfg.task, student=cfg.student, student_init="scratch",
+                         n_train=cfg.n_train, steps=min(SFT_INIT_STEPS, cfg.steps * 3), batch_size=32,
+                         lr=3e-3, warmup_steps=20, seed=cfg.seed, n_eval=cfg.n_eval,
+                         eval_splits=cfg.eval_splits, max_new_tokens=cfg.max_new_tokens)
+    return RunConfig(**{**_shared_fields(cfg), "method": "sft", "teacher": cfg.teacher, "student": cfg.student,
+                        "student_init": "pretrained", "steps": cfg.steps, "lr": cfg.lr, "n_prompts": 0,
+                        "lora_rank": cfg.lora_rank, "seed": cfg.seed, "eval_splits": cfg.eval_splits,
+                        "chat_template_from": cfg.chat_template_from})
+
+
+def _shared_fields(cfg: RunConfig) -> dict:
+    """What a named model's fine-tuning run inherits from the run it serves."""
+    keep = ("profile", "task", "n_train", "batch_size", "micro_batch_size", "warmup_steps", "weight_decay",
+            "max_grad_norm", "max_new_tokens", "n_eval", "dtype", "data_dir", "gradient_checkpointing",
+            "checkpoint_every", "chunk_size")
+    return {k: getattr(cfg, k) for k in keep}
+
+
+def load_rows(cfg: RunConfig, split: str, n: int | None = None, tok=None) -> list[dict]:
+    """Rows of `split` for `cfg`: an embedded task's split, or a paper dataset ('test', 'gsm_plus',
+    'dolly:test'; see kdlib.paper.parse_split) formatted for the tokenizer's chat template or not."""
+    if cfg.profile == "embedded":
+        return workload.load_split(cfg.task, split, n)
+    from kdlib import paper
+
+    name, s = paper.parse_split(cfg.task, split)
+    chat = bool(getattr(tok if tok is not None else resolve_tokenizer(cfg), "chat_template", None))
+    return paper.load_rows(name, s, n, chat=chat, data_dir=cfg.data_dir or None)
+
+
+def task_metric(cfg: RunConfig, split: str = "train") -> str:
+    if cfg.profile == "embedded":
+        return workload.TASK_METRIC[cfg.task]
+    from kdlib import paper
+
+    return paper.DATASETS[paper.parse_split(cfg.task, split)[0]].metric
+
+
+def split_label(split: str) -> str:
+    """The column name of a split's score: 'test', 'plus', 'gsm_plus' (from 'gsm_plus:test')."""
+    return split.split(":", 1)[0]
 
 
 def run_dir(cfg: RunConfig) -> Path:
@@ -78,7 +124,7 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
     student = _initial_student(cfg, tok, progress).to(device=device, dtype=dtype)
     if cfg.lora_rank:
         student = with_lora(student, cfg.lora_rank)
-    rows = workload.load_split(cfg.task, "train", cfg.n_train)[: cfg.n_prompts or None]
+    rows = load_rows(cfg, "train", cfg.n_train, tok)[: cfg.n_prompts or None]
     r = cfg.resolved
     if r["source"] == "seqkd":
         rows = seqkd_rows(cfg, teacher, tok, rows)
@@ -87,7 +133,7 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
     source = build_source(r["source"], rows, cfg.seed, cfg.student_data_fraction,
                           rank=PartialState().process_index)
     sampler = samplers.build_sampler(r["sampler"], **r["sampler_params"]) if r["sampler"] else None
-    curve_rows = workload.load_split(cfg.task, cfg.eval_splits[0], cfg.n_eval)
+    curve_rows = load_rows(cfg, cfg.eval_splits[0], cfg.n_eval, tok)
     trainer = Trainer(cfg, student=student, teacher=teacher, tokenizer=tok, source=source,
                       sampler=sampler, run_dir=d, progress=progress,
                       on_eval=lambda t: _eval_during_training(t, curve_rows))
@@ -105,13 +151,14 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
     (d / "model.tmp").replace(d / "model")
     scores = {}
     for split in cfg.eval_splits:
-        rows_eval = workload.load_split(cfg.task, split, cfg.n_eval)
-        scores[split] = ev.evaluate(model, tok, rows_eval, metric=workload.TASK_METRIC[cfg.task],
+        rows_eval = load_rows(cfg, split, cfg.n_eval, tok)
+        label = split_label(split)
+        scores[label] = ev.evaluate(model, tok, rows_eval, metric=task_metric(cfg, split),
                                     max_new_tokens=cfg.max_new_tokens,
-                                    out_path=d / f"predictions-{split}.jsonl", progress=progress)
+                                    out_path=d / f"predictions-{label}.jsonl", progress=progress)
     result = {
         "hash": cfg.hash(), **cfg.to_dict(), **{f"resolved_{k}": v for k, v in r.items()},
-        "score": scores[cfg.eval_splits[0]]["score"],
+        "score": scores[split_label(cfg.eval_splits[0])]["score"],
         **{f"score_{s}": v["score"] for s, v in scores.items()},
         "buckets": {s: v["buckets"] for s, v in scores.items()},
         "student_params": n_params(model), "train_seconds": trainer.state.seconds,
@@ -146,7 +193,7 @@ def _eval_during_training(trainer, rows) -> None:
 
     cfg = trainer.cfg
     model = trainer.acc.unwrap_model(trainer.student)
-    score = ev.evaluate(model, trainer.tokenizer, rows, metric=workload.TASK_METRIC[cfg.task],
+    score = ev.evaluate(model, trainer.tokenizer, rows, metric=task_metric(cfg, cfg.eval_splits[0]),
                         max_new_tokens=cfg.max_new_tokens)["score"]
     model.train()
     trainer.state.metrics[-1]["eval_score"] = score
@@ -167,9 +214,10 @@ def _initial_student(cfg: RunConfig, tok, progress: bool):
         init = sft_init_recipe(cfg)
         run(init, progress=progress)
         return load_model(str(run_dir(init) / "model"))
-    if cfg.student in EMBEDDED_SIZES:
+    if cfg.student_init == "scratch":
         return build_llama(EMBEDDED_SIZES[cfg.student], tok, seed=cfg.seed)
-    return load_model(_named_path(cfg.student))
+    return load_model(_named_path(cfg.student))  # 'pretrained'
+
 
 
 def with_lora(model, rank: int):
@@ -181,13 +229,16 @@ def with_lora(model, rank: int):
 
 
 def _named_path(name: str) -> str:
-    """A pretrained name of the embedded profile (smollm2, …), a local directory or a hub name."""
-    return str(workload.PRETRAINED[name]()) if name in workload.PRETRAINED else name
+    """A pretrained name of the embedded profile (smollm2, …), a local directory, or a hub name (from
+    a local copy under $KDLIB_MODELS when there is one; see kdlib.paper.model_path)."""
+    from kdlib.paper import model_path
+
+    return str(workload.PRETRAINED[name]()) if name in workload.PRETRAINED else model_path(name)
 
 
 def teacher_path(cfg: RunConfig, progress: bool = True, teacher_cfg: RunConfig | None = None) -> str:
     """Where the teacher's weights are: an embedded size is trained by its recipe (cached)."""
-    if cfg.teacher in EMBEDDED_SIZES:
+    if cfg.teacher in EMBEDDED_SIZES or cfg.teacher_steps > 0:
         tcfg = teacher_cfg or teacher_config(cfg)
         run(tcfg, progress=progress)
         return str(run_dir(tcfg) / "model")
@@ -204,7 +255,13 @@ def resolve_tokenizer(cfg: RunConfig):
     if len(named) == 1:
         raise ValueError(f"teacher={cfg.teacher!r} and student={cfg.student!r}: an embedded size "
                          "cannot be paired with a pretrained model (their tokenizers differ)")
+    if cfg.teacher == cfg.student:  # a named model's own fine-tuning run
+        return load_tokenizer(_named_path(cfg.student))
     toks = [load_tokenizer(_named_path(n)) for n in named]
+    if cfg.chat_template_from == "student":
+        toks[0].chat_template = toks[1].chat_template
+    elif cfg.chat_template_from == "teacher":
+        toks[1].chat_template = toks[0].chat_template
     check_same_tokenizer(*toks)
     return toks[1]
 
@@ -218,9 +275,13 @@ def seqkd_rows(cfg: RunConfig, teacher, tok, rows: list[dict]) -> list[dict]:
         (dd / "rows.jsonl").write_text("".join(
             json.dumps({**r, "teacher_response": o or "."}) + "\n" for r, o in zip(rows, outs)))
 
-    teacher_key = teacher_config(cfg).hash() if cfg.teacher in EMBEDDED_SIZES else cfg.teacher
+    teacher_key = (teacher_config(cfg).hash() if cfg.teacher in EMBEDDED_SIZES or cfg.teacher_steps
+                   else cfg.teacher)
     key = {"teacher": teacher_key, "task": cfg.task, "n": len(rows),
            "max_new_tokens": cfg.max_new_tokens}
+    if cfg.profile == "paper":  # prompts depend on the pair's chat template and on where the data came from
+        key.update(profile="paper", student=cfg.student, data_dir=cfg.data_dir,
+                   chat_template_from=cfg.chat_template_from)
     d = workload.cached_dir("seqkd", key, build)
     return [json.loads(line) for line in (d / "rows.jsonl").read_text().splitlines()]
 

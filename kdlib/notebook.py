@@ -57,3 +57,45 @@ def workload_frame(results: list[dict], roles: list[str]) -> pd.DataFrame:
         row.update({k.replace("score_", ""): v for k, v in r.items() if k.startswith("score_")})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def table_configs(profile: str, table: str, embedded: list[RunConfig], seeds) -> list[RunConfig]:
+    """The configs behind one paper table or figure: the embedded grid the notebook built, or, with
+    profile='paper', the paper table's runs (`kdlib.paper.TABLES[table]`: hub pairs and datasets)."""
+    if profile == "embedded":
+        return embedded
+    if profile != "paper":
+        raise ValueError(f"profile={profile!r}: choose 'embedded' or 'paper'")
+    from kdlib import paper
+
+    return [r.config for r in paper.table_runs(table, tuple(seeds))]
+
+
+def divergence_label(cfg: RunConfig) -> str:
+    """FKL, RKL, JSD(0.5), … as in GKD's figures."""
+    r = cfg.resolved
+    name = r["divergence"]
+    if name == "jsd":
+        return f"JSD({r['divergence_params'].get('beta', 0.5)})"
+    return {"fkl": "FKL", "rkl": "RKL", "tvd": "TVD", "sfkl": "SKL", "srkl": "SRKL", "ce": "CE"}[name]
+
+
+def scores_long(results: list[dict]) -> pd.DataFrame:
+    """One row per (run, evaluation set): method, task, eval set, seed, score."""
+    rows = []
+    for r in results:
+        for key, value in r.items():
+            if key.startswith("score_"):
+                rows.append({"method": r["method"], "task": r["task"], "student": r["student"],
+                             "eval": key[len("score_"):], "seed": r["seed"], "score": value})
+    return pd.DataFrame(rows)
+
+
+def score_table(results: list[dict], methods: list[str], by: tuple = ("method",)) -> pd.DataFrame:
+    """Methods x (task / evaluation set): mean over seeds, a column per set, methods in the given order."""
+    long = scores_long(results)
+    long["set"] = long["task"] + "/" + long["eval"]
+    table = long.pivot_table(index=list(by), columns="set", values="score", aggfunc="mean", sort=False)
+    if list(by) == ["method"]:
+        table = table.reindex([m for m in methods if m in table.index])
+    return table.reset_index()

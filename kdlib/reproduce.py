@@ -59,8 +59,10 @@ def main(argv=None) -> int:
     if args.dry_run:
         if args.profile != "paper":
             ap.error("--dry-run is for --profile paper")
-        raise SystemExit("the paper profile's dry run is not available yet: kdlib.paper (the papers' "
-                         "pairs, datasets and GPU-hour estimates) is open work")
+        from kdlib import paper
+
+        paper.dry_run()
+        return 0
     executed = ROOT / ".cache" / "executed"
     total = 0.0
     with tempfile.TemporaryDirectory(prefix="kdlib-smoke-") as tmp:

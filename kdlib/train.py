@@ -116,6 +116,10 @@ class Trainer:
             self.acc.init_trackers("kdlib", config={k: str(v) for k, v in cfg.to_dict().items()})
         self.on_eval = on_eval
         torch.manual_seed(cfg.seed)
+        if cfg.gradient_checkpointing:  # recompute activations in backward; sampling (eval mode) is unaffected
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if getattr(student, "enable_input_require_grads", None) and cfg.lora_rank:
+                student.enable_input_require_grads()  # frozen embeddings + LoRA: keep the graph alive
         trainable = [p for p in student.parameters() if p.requires_grad]  # LoRA: the adapters only
         opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))

@@ -71,6 +71,17 @@ def test_method_presets_and_overrides_resolve(tmp_path):
         cfgmod.load_config(path, ["nope.x=1"])
 
 
+def test_hash_ignores_spelled_out_defaults_and_operational_fields():
+    from kdlib.samplers import SAMPLER_DEFAULTS
+
+    base = cfgmod.RunConfig(method="adaswitch")
+    explicit = base.replace(sampler_params=dict(SAMPLER_DEFAULTS["adaswitch"]))
+    assert base.hash() == explicit.hash()  # the same run, one cache entry
+    assert base.hash() != base.replace(sampler_params={"k": 3.0}).hash()
+    assert base.hash() == base.replace(eval_every=5, checkpoint_every=10, report_to=("tensorboard",)).hash()
+    assert base.hash() != base.replace(chat_template_from="student").hash()  # later fields count when set
+
+
 def test_cli_help_documents_every_field(capsys):
     from kdlib.cli import field_docs, main
 

@@ -20,7 +20,7 @@ def test_smollm2_pair_distils_one_step_through_the_chat_template():
     assert teacher.config.num_hidden_layers == 30 and student.config.num_hidden_layers == 9
     assert n_params(student) < 0.5 * n_params(teacher)
     cfg = RunConfig(method="adaswitch", teacher="smollm2", student="smollm2-pruned",
-                    student_init="scratch", steps=1, batch_size=2, n_train=4, n_eval=2,
+                    student_init="pretrained", steps=1, batch_size=2, n_train=4, n_eval=2,
                     max_new_tokens=8, task="arith", eval_splits=("test",))
     tok = resolve_tokenizer(cfg)
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
@@ -28,4 +28,4 @@ def test_smollm2_pair_distils_one_step_through_the_chat_template():
     assert result["teacher_forwards"] > 0 and result["student_params"] == n_params(student)
     assert 0.0 <= result["score"] <= 1.0
     with pytest.raises(ValueError, match="cannot be paired"):
-        resolve_tokenizer(cfg.replace(student="student-s"))
+        resolve_tokenizer(cfg.replace(student="student-s", student_init="sft"))
