@@ -201,12 +201,31 @@ class RunConfig:
         defaults = _defaults()
         d = {k: v for k, v in self.to_dict().items()
              if k not in exclude and not (k in ADDED_FIELDS and v == defaults[k])}
-        sampler = self.resolved["sampler"]
-        if sampler is not None:  # a parameter spelled out at its default is the same run
-            from kdlib.samplers import SAMPLER_DEFAULTS
-
-            d["sampler_params"] = {**SAMPLER_DEFAULTS[sampler], **self.sampler_params}
+        d.update(self._canonical())
+        if self.resolved["source"] == "distillm":  # its schedule reacts to the evaluations
+            d["eval_every"] = self.eval_every
+        d.update(_upstream_hashes(self))
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def _canonical(self) -> dict:
+        """The fields that name the algorithm, in one form per run: a value spelled out at the preset's
+        or the library's default is the same run as leaving it out (e.g. gkd with divergence 'jsd',
+        beta 0.5 is gkd), and λ only counts for GKD's mix."""
+        from kdlib import divergences
+        from kdlib.samplers import SAMPLER_DEFAULTS
+
+        source, sampler, divergence, div_params = METHODS[self.method]
+        r = self.resolved
+        base = div_params if r["divergence"] == divergence else divergences._RULES[r["divergence"]].params
+        out = {"source": None if r["source"] == source else r["source"],
+               "sampler": None if r["sampler"] == sampler else r["sampler"],
+               "divergence": None if r["divergence"] == divergence else r["divergence"],
+               "divergence_params": {k: v for k, v in r["divergence_params"].items() if base.get(k) != v}}
+        if r["source"] != "mix":
+            out["student_data_fraction"] = _defaults()["student_data_fraction"]
+        if r["sampler"] is not None:
+            out["sampler_params"] = {**SAMPLER_DEFAULTS[r["sampler"]], **self.sampler_params}
+        return out
 
     def replace(self, **changes) -> "RunConfig":
         return from_dict({**self.to_dict(), **changes})
@@ -220,6 +239,19 @@ ADDED_FIELDS = ("teacher_sft", "data_dir", "chat_template_from", "gradient_check
 def _defaults() -> dict:
     return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
             for f in fields(RunConfig)}
+
+
+def _upstream_hashes(cfg: "RunConfig") -> dict:
+    """The runs this one starts from, by their own hashes, so that a changed teacher recipe or warm-up
+    invalidates every run built on it. Left out where there is none (teacher recipes, warm-ups)."""
+    from kdlib import experiments  # late import: experiments imports this module
+
+    out = {}
+    if experiments.needs_teacher_run(cfg):
+        out["teacher_run"] = experiments.teacher_config(cfg).hash()
+    if cfg.student_init == "sft":
+        out["warmup_run"] = experiments.sft_init_recipe(cfg).hash()
+    return out
 
 
 def _positive(cfg, *names):

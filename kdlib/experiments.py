@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shutil
 import subprocess
@@ -107,7 +108,12 @@ def run(cfg: RunConfig, *, progress: bool = True, teacher_cfg: RunConfig | None 
     d = run_dir(cfg)
     if (d / "result.json").exists():
         return json.loads((d / "result.json").read_text())
-    return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the ranks of one launch train this run together
+        return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
+    with workload.locked(d.with_name(d.name + ".lock")):  # another process may be running this config
+        if (d / "result.json").exists():
+            return json.loads((d / "result.json").read_text())
+        return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
 
 
 def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> dict:
@@ -134,9 +140,10 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
                           rank=PartialState().process_index)
     sampler = samplers.build_sampler(r["sampler"], **r["sampler_params"]) if r["sampler"] else None
     curve_rows = load_rows(cfg, cfg.eval_splits[0], cfg.n_eval, tok)
+    val_rows = validation_rows(cfg, tok) if r["source"] == "distillm" and cfg.eval_every else None
     trainer = Trainer(cfg, student=student, teacher=teacher, tokenizer=tok, source=source,
                       sampler=sampler, run_dir=d, progress=progress,
-                      on_eval=lambda t: _eval_during_training(t, curve_rows))
+                      on_eval=lambda t: _eval_during_training(t, curve_rows, val_rows))
     last = checkpoints.latest(trainer)
     if last is not None:  # an interrupted run: resume exactly where it stopped
         log.info("resuming %s from %s", d, last)
@@ -186,19 +193,45 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def _eval_during_training(trainer, rows) -> None:
-    """Score the student every `eval_every` steps (the learning curve). DistiLLM's adaptive schedule
-    is fed the negated score as its validation loss (the paper uses the validation loss itself)."""
+def _eval_during_training(trainer, rows, validation_rows=None) -> None:
+    """Score the student every `eval_every` steps on the first evaluation set (the learning curve,
+    reported, never trained on). DistiLLM's adaptive schedule is fed the negated score on held-out
+    *validation* rows (`validation_rows`), never the test set (the paper uses the validation loss)."""
     from kdlib import evaluate as ev
 
     cfg = trainer.cfg
     model = trainer.acc.unwrap_model(trainer.student)
-    score = ev.evaluate(model, trainer.tokenizer, rows, metric=task_metric(cfg, cfg.eval_splits[0]),
-                        max_new_tokens=cfg.max_new_tokens)["score"]
-    model.train()
+    metric = task_metric(cfg, cfg.eval_splits[0])
+    score = ev.evaluate(model, trainer.tokenizer, rows, metric=metric, max_new_tokens=cfg.max_new_tokens)["score"]
     trainer.state.metrics[-1]["eval_score"] = score
-    if hasattr(trainer.source, "report_validation"):
-        trainer.source.report_validation(-score)
+    if hasattr(trainer.source, "report_validation") and validation_rows:
+        val = ev.evaluate(model, trainer.tokenizer, validation_rows, metric=task_metric(cfg),
+                          max_new_tokens=cfg.max_new_tokens)["score"]
+        trainer.state.metrics[-1]["validation_score"] = val
+        trainer.source.report_validation(-val)
+    model.train()
+
+
+def validation_rows(cfg: RunConfig, tok=None) -> list[dict]:
+    """Held-out rows for model selection and DistiLLM's schedule: an embedded task's training rows past
+    the n_train the student sees (the pool holds 40 000), or a paper dataset's validation split (else
+    the end of its training split, past n_train)."""
+    n = min(cfg.n_eval, 200)
+    if cfg.profile == "paper":
+        from kdlib import paper
+
+        if "validation" in paper.DATASETS[cfg.task].splits:
+            return load_rows(cfg, "validation", n, tok)
+    rows = load_rows(cfg, "train", None, tok)
+    held = rows[cfg.n_train:cfg.n_train + n]
+    if not held:
+        raise ValueError(f"{cfg.task}: no training rows past n_train={cfg.n_train} to validate on")
+    return held
+
+
+def needs_teacher_run(cfg: RunConfig) -> bool:
+    """True if `cfg` uses a teacher that a recipe trains first (an embedded size, or teacher_steps > 0)."""
+    return _needs_teacher(cfg) and (cfg.teacher in EMBEDDED_SIZES or cfg.teacher_steps > 0)
 
 
 def _needs_teacher(cfg: RunConfig) -> bool:

@@ -55,6 +55,9 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="embedded", choices=("embedded", "paper"))
     ap.add_argument("--dry-run", action="store_true", help="paper profile: list the runs, run nothing")
     ap.add_argument("--only", nargs="*", help="substrings of notebook names to run")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="notebooks run at once (default: 2 for the embedded profile on >= 2 cores, else 1); "
+                         "runs they share are trained once (a lock per run)")
     args = ap.parse_args(argv)
     if args.dry_run:
         if args.profile != "paper":
@@ -63,20 +66,37 @@ def main(argv=None) -> int:
 
         paper.dry_run()
         return 0
+    jobs = args.jobs or (min(2, os.cpu_count() or 1) if args.profile == "embedded" and not args.smoke else 1)
     executed = ROOT / ".cache" / "executed"
-    total = 0.0
+    t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="kdlib-smoke-") as tmp:
-        for nb in notebooks(args.only):
+        env = {}
+        if args.smoke:
+            env["KDLIB_CACHE"] = str(Path(tmp) / "cache")
+        if jobs > 1:  # small CPU models: one thread per notebook beats two notebooks fighting over threads
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        os.environ.update(env)  # the notebook kernels inherit it
+
+        def one(nb: Path) -> float:
             params = {"profile": args.profile}
-            env = {}
             if args.smoke:
                 params.update(smoke=True, seeds=[0], out_dir=str(Path(tmp) / "figures" / nb.stem))
-                env["KDLIB_CACHE"] = str(Path(tmp) / "cache")
             print(f"[reproduce] {nb.name} ({'smoke' if args.smoke else args.profile}) ...", flush=True)
-            seconds = execute(nb, params, (Path(tmp) if args.smoke else executed) / nb.name, env)
-            total += seconds
-            print(f"[reproduce] {nb.name} done in {seconds:.0f} s", flush=True)
-    print(f"[reproduce] all notebooks done in {total:.0f} s")
+            seconds = execute(nb, params, (Path(tmp) if args.smoke else executed) / nb.name)
+            print(f"[reproduce] {nb.name} done in {seconds:.0f} s ({seconds / 60:.1f} min)", flush=True)
+            return seconds
+
+        if jobs == 1:
+            for nb in notebooks(args.only):
+                one(nb)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(jobs) as pool:  # a failure (SystemExit naming the notebook) propagates
+                for future in [pool.submit(one, nb) for nb in notebooks(args.only)]:
+                    future.result()
+    wall = time.time() - t0
+    print(f"[reproduce] all notebooks done in {wall:.0f} s ({wall / 60:.1f} min wall, {jobs} at a time)")
     return 0
 
 

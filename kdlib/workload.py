@@ -6,6 +6,7 @@ build never leaves an artifact that a later run would trust. `make clean` remove
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -37,11 +38,37 @@ def key_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock on `path` (created if missing) for as long as the block runs, so that two
+    processes (two notebooks, two ranks) never build the same artifact at once: the second one waits,
+    then finds it built. A no-op where `fcntl` does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def cached_dir(kind: str, key: dict, build: Callable[[Path], None]) -> Path:
     """`cache/<kind>/<hash of key>`: built by `build(tmp_dir)` once, then renamed into place."""
     final = cache_root() / kind / key_hash(key)
     if (final / "DONE").exists():
         return final
+    with locked(final.with_name(final.name + ".lock")):
+        if (final / "DONE").exists():  # built by another process while we waited
+            return final
+        return _build(final, key, build)
+
+
+def _build(final: Path, key: dict, build: Callable[[Path], None]) -> Path:
     tmp = final.with_name(final.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

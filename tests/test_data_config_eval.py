@@ -80,6 +80,10 @@ def test_hash_ignores_spelled_out_defaults_and_operational_fields():
     assert base.hash() != base.replace(sampler_params={"k": 3.0}).hash()
     assert base.hash() == base.replace(eval_every=5, checkpoint_every=10, report_to=("tensorboard",)).hash()
     assert base.hash() != base.replace(chat_template_from="student").hash()  # later fields count when set
+    kd = cfgmod.RunConfig(method="kd")
+    assert kd.hash() == kd.replace(student_data_fraction=1.0).hash()  # λ is GKD's mix only
+    gkd = cfgmod.RunConfig(method="gkd")
+    assert gkd.hash() != gkd.replace(student_data_fraction=1.0).hash()
 
 
 def test_cli_help_documents_every_field(capsys):

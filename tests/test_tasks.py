@@ -83,3 +83,25 @@ def test_unknown_task_and_split_are_refused():
         generate_rows(TaskSpec("nope"), "train")
     with pytest.raises(ValueError, match="plus"):
         generate_rows(TaskSpec("summ"), "plus")
+
+
+def test_cached_dir_builds_once_when_two_processes_race(tmp_path):
+    """Two processes asking for the same artifact at once: one builds it, the other waits and reuses it."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys, time\n"
+            "from pathlib import Path\n"
+            "from kdlib import workload\n"
+            "def build(d):\n"
+            "    time.sleep(1.0)\n"
+            "    (d / 'x.txt').write_text(str(os.getpid()))\n"
+            "    with open(sys.argv[1], 'a') as f: f.write('built\\n')\n"
+            "print(workload.cached_dir('race', {'k': 1}, build))\n")
+    log = tmp_path / "builds.log"
+    env = {**__import__("os").environ, "KDLIB_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(log)], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0] == outs[1] and log.read_text() == "built\n"  # built exactly once, same folder for both
