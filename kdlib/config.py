@@ -139,10 +139,20 @@ class RunConfig:
         if self.chat_template_from not in ("check", "student", "teacher"):
             raise ValueError(f"chat_template_from={self.chat_template_from!r}: choose check, student or teacher")
         if self.profile == "paper":
-            from kdlib.paper import DATASETS
+            import os
+
+            from kdlib.paper import DATASETS, parse_split
 
             if self.task not in DATASETS:
                 raise ValueError(f"task={self.task!r} is not a paper dataset; choose one of {sorted(DATASETS)}")
+            for split in ("train", *self.eval_splits):  # fail now, not after training
+                name, s = parse_split(self.task, split)
+                if name not in DATASETS or s not in DATASETS[name].splits:
+                    raise ValueError(f"eval split {split!r}: dataset {name!r} has no split {s!r}; known "
+                                     f"datasets {sorted(DATASETS)}" + (f", its splits {sorted(DATASETS[name].splits)}"
+                                                                        if name in DATASETS else ""))
+            if not self.data_dir and os.environ.get("KDLIB_PAPER_DATA"):  # part of the run: hash it
+                object.__setattr__(self, "data_dir", os.environ["KDLIB_PAPER_DATA"])
         elif self.data_dir:
             raise ValueError("data_dir is for profile='paper' (embedded tasks are generated, not read)")
         r = self.resolved
@@ -205,6 +215,12 @@ class RunConfig:
         if self.resolved["source"] == "distillm":  # its schedule reacts to the evaluations
             d["eval_every"] = self.eval_every
         d.update(_upstream_hashes(self))
+        if self.profile == "paper":  # local copies under $KDLIB_MODELS are other weights than the hub's
+            from kdlib.paper import model_path
+
+            local = {n: model_path(n) for n in (self.teacher, self.student) if model_path(n) != n}
+            if local:
+                d["model_paths"] = local
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def _canonical(self) -> dict:

@@ -82,8 +82,24 @@ def load_rows(cfg: RunConfig, split: str, n: int | None = None, tok=None) -> lis
     from kdlib import paper
 
     name, s = paper.parse_split(cfg.task, split)
-    chat = bool(getattr(tok if tok is not None else resolve_tokenizer(cfg), "chat_template", None))
-    return paper.load_rows(name, s, n, chat=chat, data_dir=cfg.data_dir or None)
+    tok = tok if tok is not None else resolve_tokenizer(cfg)
+    rows = paper.load_rows(name, s, n, chat=bool(getattr(tok, "chat_template", None)),
+                           data_dir=cfg.data_dir or None)
+    return truncate_prompts(rows, tok, paper.DATASETS[name].max_prompt_tokens, f"{name}/{s}")
+
+
+def truncate_prompts(rows: list[dict], tok, max_tokens: int, what: str = "") -> list[dict]:
+    """Cut each prompt to its first `max_tokens` tokens (MiniLLM's rule), so that prompt plus
+    max_new_tokens fits the model; logs how many were cut."""
+    cut = 0
+    for row in rows:
+        ids = tok(row["prompt"], add_special_tokens=False)["input_ids"]
+        if len(ids) > max_tokens:
+            row["prompt"] = tok.decode(ids[:max_tokens])
+            cut += 1
+    if cut:
+        log.warning("%s: %d of %d prompts cut to %d tokens", what, cut, len(rows), max_tokens)
+    return rows
 
 
 def task_metric(cfg: RunConfig, split: str = "train") -> str:
@@ -127,7 +143,9 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
     teacher = None
     if _needs_teacher(cfg):
         teacher = load_model(teacher_path(cfg, progress, teacher_cfg), device=device, dtype=dtype)
-    student = _initial_student(cfg, tok, progress).to(device=device, dtype=dtype)
+    # The trained weights stay float32; on bf16 devices the forward passes run in bf16 autocast (mixed
+    # precision), so that small AdamW updates are not rounded away. The frozen teacher is stored in bf16.
+    student = _initial_student(cfg, tok, progress).to(device=device, dtype=torch.float32)
     if cfg.lora_rank:
         student = with_lora(student, cfg.lora_rank)
     rows = load_rows(cfg, "train", cfg.n_train, tok)[: cfg.n_prompts or None]
@@ -142,6 +160,7 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
     curve_rows = load_rows(cfg, cfg.eval_splits[0], cfg.n_eval, tok)
     val_rows = validation_rows(cfg, tok) if r["source"] == "distillm" and cfg.eval_every else None
     trainer = Trainer(cfg, student=student, teacher=teacher, tokenizer=tok, source=source,
+                      mixed_precision="bf16" if dtype == torch.bfloat16 else "no",
                       sampler=sampler, run_dir=d, progress=progress,
                       on_eval=lambda t: _eval_during_training(t, curve_rows, val_rows))
     last = checkpoints.latest(trainer)

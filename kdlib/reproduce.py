@@ -81,19 +81,26 @@ def main(argv=None) -> int:
             params = {"profile": args.profile}
             if args.smoke:
                 params.update(smoke=True, seeds=[0], out_dir=str(Path(tmp) / "figures" / nb.stem))
+            elif args.profile == "paper":  # never overwrite the committed embedded figures
+                params.update(out_dir=str(ROOT / "figures" / "paper" / nb.stem))
             print(f"[reproduce] {nb.name} ({'smoke' if args.smoke else args.profile}) ...", flush=True)
             seconds = execute(nb, params, (Path(tmp) if args.smoke else executed) / nb.name)
             print(f"[reproduce] {nb.name} done in {seconds:.0f} s ({seconds / 60:.1f} min)", flush=True)
             return seconds
 
+        selected = notebooks(args.only)
+        if args.profile == "paper":  # the notebooks with paper tables; their figures go to figures/paper/
+            from kdlib.paper import TABLES
+
+            selected = [nb for nb in selected if nb.stem in {t.notebook for t in TABLES.values()}]
         if jobs == 1:
-            for nb in notebooks(args.only):
+            for nb in selected:
                 one(nb)
         else:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(jobs) as pool:  # a failure (SystemExit naming the notebook) propagates
-                for future in [pool.submit(one, nb) for nb in notebooks(args.only)]:
+                for future in [pool.submit(one, nb) for nb in selected]:
                     future.result()
     wall = time.time() - t0
     print(f"[reproduce] all notebooks done in {wall:.0f} s ({wall / 60:.1f} min wall, {jobs} at a time)")

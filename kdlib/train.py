@@ -103,7 +103,8 @@ class Trainer:
     """Runs `cfg` on given models and rows; `run_dir` receives metrics, checkpoints and provenance."""
 
     def __init__(self, cfg: RunConfig, *, student, teacher, tokenizer, source: Source, sampler,
-                 run_dir, accelerator=None, progress: bool = True, on_eval=None, log_with=None):
+                 run_dir, accelerator=None, progress: bool = True, on_eval=None, log_with=None,
+                 mixed_precision: str = "no"):
         from accelerate import Accelerator
 
         self.cfg, self.tokenizer, self.source, self.progress = cfg, tokenizer, source, progress
@@ -111,6 +112,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log_with = list(log_with or cfg.report_to) or None  # tracker names or GeneralTracker objects
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(), log_with=log_with,
+                                              mixed_precision=mixed_precision,
                                               project_dir=str(self.run_dir))
         if log_with:
             self.acc.init_trackers("kdlib", config={k: str(v) for k, v in cfg.to_dict().items()})
