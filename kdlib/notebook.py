@@ -99,3 +99,41 @@ def score_table(results: list[dict], methods: list[str], by: tuple = ("method",)
     if list(by) == ["method"]:
         table = table.reindex([m for m in methods if m in table.index])
     return table.reset_index()
+
+
+def claim(df: pd.DataFrame, by: str, better, worse, *, value: str = "score", paper: str = "") -> str:
+    """One line comparing two groups of runs the way a paper claims `better` > `worse`: the means and
+    standard deviations over seeds, and a verdict — reproduced, reversed, or not separated (the
+    difference is within twice its standard error over the seeds). `better` / `worse` are values of
+    column `by` (or lists of values, pooled)."""
+    import math
+
+    def pick(v):
+        sel = df[df[by].isin(v if isinstance(v, (list, tuple)) else [v])][value].dropna()
+        n = len(sel)
+        return sel.mean(), (sel.std() if n > 1 else float("nan")), n
+
+    (ma, sa, na), (mb, sb, nb) = pick(better), pick(worse)
+    if na == 0 or nb == 0:
+        return f"{paper}: no runs for {better if na == 0 else worse}"
+    se = math.sqrt((sa ** 2 if na > 1 else 0) / na + (sb ** 2 if nb > 1 else 0) / nb)
+    diff = ma - mb
+    if na < 2 or nb < 2:
+        verdict = "one seed: no spread to judge by"
+    elif abs(diff) <= 2 * se:
+        verdict = "NOT SEPARATED on this workload (difference within 2 standard errors over seeds)"
+    elif diff > 0:
+        verdict = "reproduced"
+    else:
+        verdict = "NOT REPRODUCED: the order is reversed here"
+    return (f"{paper}: {better} {ma:.3f} ± {sa:.3f} (n={na}) vs {worse} {mb:.3f} ± {sb:.3f} (n={nb}), "
+            f"difference {diff:+.3f} → {verdict}")
+
+
+def save_claims(claims: list[str], out_dir, name: str = "claims") -> None:
+    """The notebook's claim lines, as Markdown beside its figures (quoted by the README)."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text("".join(f"- {c}\n" for c in claims))

@@ -35,3 +35,16 @@ def test_notebook_executes_at_smoke_settings(path, tmp_path):
                       env={"KDLIB_CACHE": str(tmp_path / "cache")})
     produced = {p.suffix for p in out.rglob("*")}
     assert {".png", ".pdf", ".csv", ".md"} <= produced, f"{path.name} wrote {sorted(produced)}"
+
+
+def test_claim_verdicts_follow_the_seed_spread():
+    import pandas as pd
+
+    from kdlib.notebook import claim
+
+    clear = pd.DataFrame({"m": ["a"] * 3 + ["b"] * 3, "score": [0.50, 0.52, 0.51, 0.40, 0.41, 0.39]})
+    assert claim(clear, "m", "a", "b").endswith("reproduced")
+    assert "REVERSED" in claim(clear, "m", "b", "a").upper()
+    noisy = pd.DataFrame({"m": ["a"] * 3 + ["b"] * 3, "score": [0.5, 0.3, 0.51, 0.4, 0.6, 0.39]})
+    assert "NOT SEPARATED" in claim(noisy, "m", "a", "b")
+    assert "one seed" in claim(clear.iloc[[0, 3]], "m", "a", "b")
