@@ -220,6 +220,7 @@ class Trainer:
                 self.on_eval(self)
             if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
                 checkpoints.save(self)
+                self.write_metrics()  # the curve so far is readable while the run goes on
         bar.close()
         self.write_metrics()
         if self.acc.trackers:
