@@ -57,17 +57,31 @@ def load_jsonl(path, fields=REQUIRED_FIELDS) -> list[dict]:
     return rows
 
 
-def format_prompt(tokenizer, prompt: str) -> str:
-    """The prompt as the model sees it: through the chat template when the tokenizer has one."""
+def format_prompt(tokenizer, prompt: str, bos: str | None = None) -> str:
+    """The prompt as the model sees it: through the chat template when the tokenizer has one (the
+    template writes any BOS itself); otherwise the plain text, after the BOS token for tokenizers
+    that add one by default (OPT, Llama), as the models were trained. `bos`: see `leading_bos`."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
-    return prompt
+    bos = leading_bos(tokenizer) if bos is None else bos
+    return bos + prompt
+
+
+def leading_bos(tokenizer) -> str:
+    """The BOS token text if `tokenizer` puts one in front by default, else ''. kdlib encodes with
+    add_special_tokens=False (prompts and responses are joined by hand), so it is written explicitly."""
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos_id is None or getattr(tokenizer, "chat_template", None):
+        return ""
+    ids = tokenizer("a")["input_ids"]
+    return tokenizer.bos_token if ids and ids[0] == bos_id else ""
 
 
 def encode_prompts(tokenizer, prompts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids and mask, (B, P) each."""
-    texts = [format_prompt(tokenizer, p) for p in prompts]
+    bos = leading_bos(tokenizer)
+    texts = [format_prompt(tokenizer, p, bos) for p in prompts]
     enc = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False,
                     padding_side="left")
     ids, mask = enc["input_ids"], enc["attention_mask"]

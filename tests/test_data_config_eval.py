@@ -135,3 +135,26 @@ def test_self_bleu_is_high_for_copies_and_low_for_different_samples():
     assert self_bleu(["ana will buy milk on monday", "ben fixes the roof", "cara calls mom today"]) < 10
     with pytest.raises(ValueError):
         self_bleu(["one"])
+
+
+def test_base_model_prompts_start_with_bos_once_when_the_tokenizer_adds_one():
+    """OPT and Llama tokenizers put BOS first by default; kdlib encodes without special tokens, so it
+    writes BOS itself for tokenizers without a chat template, and only for those that add one."""
+    from tokenizers import processors
+
+    from kdlib.data import encode_prompts
+    from kdlib.models import build_word_tokenizer
+
+    plain = build_word_tokenizer(["<s>", "a", "b"])
+    plain.chat_template = None
+    ids, _ = encode_prompts(plain, ["a b"])
+    assert ids[0].tolist() == plain.convert_tokens_to_ids(["a", "b"])  # GPT-2 style: nothing added
+    with_bos = build_word_tokenizer(["<s>", "a", "b"])
+    with_bos.chat_template = None
+    bos_id = with_bos.convert_tokens_to_ids("<s>")
+    with_bos.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bos_id)])
+    with_bos.add_special_tokens({"bos_token": "<s>"})  # a special token, split out of "<s>a b" as in BPE
+    ids, _ = encode_prompts(with_bos, ["a b", "a"])
+    assert ids[0].tolist() == [bos_id] + with_bos.convert_tokens_to_ids(["a", "b"])
+    assert ids[1, -2:].tolist() == [bos_id, with_bos.convert_tokens_to_ids("a")]
