@@ -77,6 +77,31 @@ def plain_loop(model, ids, mask, n_new: int, generator) -> torch.Tensor:
 
 
 @torch.no_grad()
+def interleaved_loops(student, teacher, ids, mask, n_new: int, generator):
+    """The two plain loops advanced in one loop, each model on its own tokens, no rule: the work of the
+    lower bound in the order any lockstep sampler must do it (student step, teacher step, ...). Its gap
+    to the lower bound is what alternating two models costs on this CPU (caches), not the samplers' code."""
+    B, P = ids.shape
+    full_mask = torch.zeros((B, P + n_new), dtype=torch.long)
+    full_mask[:, :P] = mask
+    first_pos = mask.sum(1)
+    states = []
+    for model in (student, teacher):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
+                    logits_to_keep=1)
+        states.append([model, out.past_key_values, out.logits[:, -1]])
+    for t in range(n_new):
+        full_mask[:, P + t] = 1
+        for st in states:
+            token = draw_tokens(st[2], generator)
+            if t == n_new - 1:
+                continue
+            out = st[0](input_ids=token[:, None], attention_mask=full_mask[:, :P + t + 1],
+                        position_ids=(first_pos + t)[:, None], past_key_values=st[1], use_cache=True)
+            st[1], st[2] = out.past_key_values, out.logits[:, -1]
+
+
+@torch.no_grad()
 def naive_switch_loop(student, teacher, ids, mask, n_new: int, generator, tau0=0.1, decay=0.01):
     """SWITCH without caches: both models re-read the whole prefix at every token."""
     seq, m = ids, mask
@@ -129,7 +154,8 @@ def main(argv=None):
                        min_new_tokens=n_new, eos_token_id=None, pad_token_id=PAD, top_k=0)
 
     jobs = {"lower bound: student loop": lambda: plain_loop(student, ids, mask, n_new, gen()),
-            "lower bound: teacher loop": lambda: plain_loop(teacher, ids, mask, n_new, gen())}
+            "lower bound: teacher loop": lambda: plain_loop(teacher, ids, mask, n_new, gen()),
+            "interleaved loops": lambda: interleaved_loops(student, teacher, ids, mask, n_new, gen())}
     jobs.update({name: (lambda name=name: run_sampler(name)) for name in SAMPLERS})
     jobs.update({"generate: student": lambda: generate(student), "generate: teacher": lambda: generate(teacher)})
     print(f"batch {args.batch}, {n_new} new tokens, {torch.get_num_threads()} threads, {reps} rep(s), "
@@ -147,18 +173,20 @@ def main(argv=None):
         P = ids.shape[1]
         naive *= sum(P + t for t in range(n_new)) / sum(P + t for t in range(naive_tokens))
 
-    rows = [("lower bound (student + teacher loops)", lower, "", "", "")]
+    inter = best["interleaved loops"]
+    rows = [("lower bound (student + teacher loops)", lower, "", "", "", ""),
+            ("interleaved loops (lockstep order, no rule)", inter, f"{inter / lower:.3f}", "", "", "1.000")]
     for name in SAMPLERS:
         st = run_sampler.stats[name]
         rows.append((f"sampler {name}", best[name], f"{best[name] / lower:.3f}", f"{naive / best[name]:.1f}",
-                     f"{st['teacher_fraction']:.2f}"))
-    rows += [(f"naive recompute loop (SWITCH){' *' if naive_tokens < n_new else ''}", naive, "", "", ""),
-             ("lower bound: student loop alone", best["lower bound: student loop"], "", "", ""),
-             ("lower bound: teacher loop alone", best["lower bound: teacher loop"], "", "", ""),
-             ("generate: student", best["generate: student"], "", "", ""),
-             ("generate: teacher", best["generate: teacher"], "", "", "")]
-    header = ("what", "seconds", "tokens/s", "x lower bound", "naive / this", "teacher frac")
-    table = [header] + [(w, f"{s:.2f}", f"{n_tokens / s:,.0f}", r, v, f) for w, s, r, v, f in rows]
+                     f"{st['teacher_fraction']:.2f}", f"{best[name] / inter:.3f}"))
+    rows += [(f"naive recompute loop (SWITCH){' *' if naive_tokens < n_new else ''}", naive, "", "", "", ""),
+             ("lower bound: student loop alone", best["lower bound: student loop"], "", "", "", ""),
+             ("lower bound: teacher loop alone", best["lower bound: teacher loop"], "", "", "", ""),
+             ("generate: student", best["generate: student"], "", "", "", ""),
+             ("generate: teacher", best["generate: teacher"], "", "", "", "")]
+    header = ("what", "seconds", "tokens/s", "x lower bound", "naive / this", "teacher frac", "x interleaved")
+    table = [header] + [(w, f"{s:.2f}", f"{n_tokens / s:,.0f}", r, v, f, i) for w, s, r, v, f, i in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for i, r in enumerate(table):
         print("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
@@ -172,7 +200,8 @@ def main(argv=None):
     worst = max(best[n] / lower for n in TOKEN_LEVEL)
     slowest_vs_naive = min(naive / best[n] for n in TOKEN_LEVEL)
     print(f"token-level samplers ({', '.join(TOKEN_LEVEL)}): worst {worst:.3f}x lower bound (target <= 1.10), "
-          f"naive/sampler >= {slowest_vs_naive:.1f}x (target >= 10)")
+          f"naive/sampler >= {slowest_vs_naive:.1f}x (target >= 10); interleaving the two loops alone costs "
+          f"{inter / lower:.3f}x, the samplers' worst is {max(best[n] / inter for n in TOKEN_LEVEL):.3f}x that")
 
 
 if __name__ == "__main__":
