@@ -21,6 +21,8 @@ setup: $(VENV)/.done
 # CPU set-up: the CPU PyTorch wheel explicitly (a bare `torch` pulls a multi-GB CUDA build),
 # then kdlib with every extra, then a Jupyter kernel for the notebooks.
 $(VENV)/.done: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "kdlib needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1) (set PYTHON=python3.11)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	if [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null; then \
@@ -31,8 +33,11 @@ $(VENV)/.done: pyproject.toml
 	$(PY) -m ipykernel install --user --name kdlib --display-name "kdlib (.venv)" >/dev/null
 	touch $@
 
+# Two pytest workers, one thread each: the models in the tests are tiny, so a second thread per
+# process gains nothing and two processes use both cores (TEST_WORKERS=auto on bigger machines).
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
 
 smoke: setup
 	$(PY) -m kdlib.reproduce --smoke

@@ -22,14 +22,16 @@ from kdlib.workload import embedded_tokenizer
 
 def seconds_per_step(method, tok, rows, args) -> tuple[float, float]:
     cfg = RunConfig(method=method, batch_size=args.batch, steps=10_000, max_new_tokens=args.tokens,
-                    student_data_fraction=0.5, student_init="scratch")
+                    student_data_fraction=0.5, student_init="scratch", eval_every=1000)
     r = cfg.resolved
     student = build_llama(EMBEDDED_SIZES["student-s"], tok, 0)
     teacher = build_llama(EMBEDDED_SIZES["teacher"], tok, 1).eval()
     sampler = build_sampler(r["sampler"], **r["sampler_params"]) if r["sampler"] else None
     t = Trainer(cfg, student=student, teacher=teacher, tokenizer=tok, sampler=sampler,
-                source=build_source(r["source"], rows, 0, cfg.student_data_fraction),
+                source=build_source(r["source"], rows, 0, cfg.student_data_fraction, steps=cfg.steps),
                 run_dir="/tmp/kdlib-bench-methods", progress=False)
+    if method == "distillm":  # its probability starts at 0 and moves with the validation loss: time it at
+        t.source.fraction = 0.5  # 0.5, like GKD's λ (fresh samples: the replay buffer is not yet full)
     t.step()  # warm-up
     t0 = time.perf_counter()
     fractions = [t.step()["teacher_fraction"] for _ in range(args.steps)]
@@ -41,7 +43,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
     if args.quick:
         args.steps = 2

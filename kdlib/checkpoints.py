@@ -1,8 +1,8 @@
 """Checkpoints: atomic writes, keep the last N, exact resume.
 
 A checkpoint holds everything the next step depends on: student weights, optimizer, scheduler, the
-source's generators, data position and replay buffer, the global RNGs, the step and the metrics so far.
-It is written to a temporary file and renamed, so an interrupted save never leaves a file a later run
+step and the metrics so far, and per process the source's generators, data position and replay buffer
+and the global RNGs. It is written to a temporary file and renamed, so an interrupted save never leaves a file a later run
 would trust.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,9 +27,21 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.search(p.name).group(1)))
 
 
+def _process_state(trainer) -> dict:
+    """What differs between processes: the source's sampling generator (and, for DistiLLM, its replay
+    buffer) and the global RNGs."""
+    return {"source": trainer.source.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+
+
 def save(trainer) -> Path | None:
+    from accelerate.utils import gather_object
+
     acc = trainer.acc
     acc.wait_for_everyone()
+    # every process's own state, in rank order (gather_object is a no-op list on one process)
+    processes = gather_object([_process_state(trainer)]) if acc.num_processes > 1 else [_process_state(trainer)]
     if not acc.is_main_process:
         return None
     d = checkpoint_dir(trainer)
@@ -41,10 +54,9 @@ def save(trainer) -> Path | None:
         "student": acc.unwrap_model(trainer.student).state_dict(),
         "optimizer": trainer.opt.state_dict(),
         "scheduler": trainer.sched.state_dict(),
-        "source": trainer.source.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "processes": processes,
         "config": trainer.cfg.to_dict(),
+        "config_hash": trainer.cfg.hash(),
     }
     path = d / f"step-{trainer.state.step:06d}.pt"
     tmp = path.with_suffix(".pt.tmp")
@@ -63,18 +75,28 @@ def latest(trainer) -> Path | None:
 def load(trainer, path: Path) -> None:
     """Restore `trainer` to the exact state saved in `path`."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    saved = state["config"]
-    if saved != trainer.cfg.to_dict():
-        diff = sorted(k for k in saved if saved[k] != trainer.cfg.to_dict().get(k))
+    saved, current = state["config"], trainer.cfg.to_dict()
+    # the run's identity is its hash: bookkeeping fields (checkpoint_every, keep_checkpoints, report_to,
+    # eval_every outside DistiLLM) may change between the interrupted run and its resumption
+    same = state["config_hash"] == trainer.cfg.hash() if "config_hash" in state else saved == current
+    if not same:
+        diff = sorted(k for k in saved if saved[k] != current.get(k))
         raise ValueError(f"checkpoint {path} was written by a different config (fields {diff})")
     trainer.acc.unwrap_model(trainer.student).load_state_dict(state["student"])
     trainer.opt.load_state_dict(state["optimizer"])
     trainer.sched.load_state_dict(state["scheduler"])
-    trainer.source.load_state_dict(state["source"])
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    processes = state.get("processes") or [{"source": state["source"], "rng": state["rng"]}]  # older files
+    rank, world = trainer.acc.process_index, trainer.acc.num_processes
+    if len(processes) != world:
+        warnings.warn(f"checkpoint {path} was written by {len(processes)} process(es), resumed by {world}: "
+                      "the row order continues exactly, each process's sampling stream restarts from "
+                      "rank 0's", stacklevel=2)
+    mine = processes[rank] if len(processes) == world else processes[0]
+    trainer.source.load_state_dict(mine["source"])
+    torch.set_rng_state(mine["rng"]["torch"])
+    random.setstate(mine["rng"]["python"])
+    if mine["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(mine["rng"]["cuda"])
     trainer.state.step = state["step"]
     trainer.state.metrics = state["metrics"]
     trainer.state.seconds = state["seconds"]

@@ -39,13 +39,18 @@ def main(argv=None) -> int:
                                      epilog=fields_help())
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train and evaluate one config (cached by config hash)"),
-                       ("eval", "print the cached result of a config, running it if needed"),
+                       ("eval", "score --model DIR on the config's task and splits; without --model, "
+                                "print the config's cached result (running it if needed)"),
                        ("show", "print the resolved config and its hash, without running")):
         p = sub.add_parser(name, help=text, epilog=fields_help(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("config", nargs="?", help="YAML file under configs/ (optional)")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name == "eval":
+            p.add_argument("--model", help="a save_pretrained directory (or hub name) to score as it is")
+            p.add_argument("--out", help="folder for predictions-<split>.jsonl and scores.json "
+                                         "(default: <model>/eval when --model is a directory)")
     args = parser.parse_args(argv)
     config_path, overrides = args.config, list(args.overrides)
     if config_path and "=" in config_path:  # no file, only overrides
@@ -56,6 +61,11 @@ def main(argv=None) -> int:
         print(json.dumps({"hash": cfg.hash(), **cfg.to_dict(), "resolved": cfg.resolved}, indent=1))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "eval" and args.model:
+        from kdlib.experiments import score_model
+
+        print(json.dumps(score_model(cfg, args.model, out_dir=args.out, progress=not args.quiet), indent=1))
+        return 0
     from kdlib.experiments import run
 
     result = run(cfg, progress=not args.quiet)

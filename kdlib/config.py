@@ -160,10 +160,16 @@ class RunConfig:
             raise ValueError(f"source={r['source']!r} is unknown; choose one of {SOURCES}")
         if r["source"] in ("sampler", "mix", "distillm") and r["sampler"] is None:
             raise ValueError(f"source={r['source']!r} needs a sampler")
+        if r["source"] == "distillm" and self.eval_every < 1:
+            raise ValueError("source='distillm' adapts its student-output probability to the validation loss "
+                             "measured every eval_every steps: set eval_every >= 1 (e.g. eval_every=25)")
         _positive(self, "steps", "batch_size", "lr", "max_new_tokens", "n_train", "n_eval")
         _non_negative(self, "warmup_steps", "weight_decay", "max_grad_norm", "sample_temperature",
                       "micro_batch_size", "eval_every", "chunk_size", "checkpoint_every",
                       "teacher_steps", "lora_rank", "n_prompts")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints={self.keep_checkpoints} must be >= 1 (the last good checkpoint "
+                             "is what a resumed or failed run falls back on)")
         if self.loss_temperature <= 0:
             raise ValueError(f"loss_temperature={self.loss_temperature} must be > 0")
         if not 0.0 <= self.student_data_fraction <= 1.0:
@@ -214,6 +220,7 @@ class RunConfig:
         d.update(self._canonical())
         if self.resolved["source"] == "distillm":  # its schedule reacts to the evaluations
             d["eval_every"] = self.eval_every
+            d["distillm_schedule"] = 2  # 2: the authors' loss-margin rule, validation loss, decaying replay
         d.update(_upstream_hashes(self))
         if self.profile == "paper":  # local copies under $KDLIB_MODELS are other weights than the hub's
             from kdlib.paper import model_path

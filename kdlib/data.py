@@ -94,7 +94,7 @@ def encode_batch(tokenizer, prompts: list[str], responses: list[str], max_respon
     pad == eos, because the mask is built from lengths, not from token values)."""
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
     eos = tokenizer.eos_token_id
-    resp = [tokenizer(r, add_special_tokens=False)["input_ids"][: max_response_tokens - 1] + [eos]
+    resp = [_with_eos(tokenizer(r, add_special_tokens=False)["input_ids"], eos, max_response_tokens)
             for r in responses]
     n = max(len(r) for r in resp)
     resp_ids = torch.full((len(resp), n), tokenizer.pad_token_id, dtype=torch.long)
@@ -106,6 +106,13 @@ def encode_batch(tokenizer, prompts: list[str], responses: list[str], max_respon
     attention_mask = torch.cat([prompt_mask.bool(), resp_mask], dim=1).long()
     response_mask = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.bool), resp_mask], dim=1)
     return SequenceBatch(input_ids, attention_mask, response_mask, prompt_ids.shape[1])
+
+
+def _with_eos(ids: list[int], eos: int, max_tokens: int) -> list[int]:
+    """The response ended with EOS; a response longer than max_tokens is cut to max_tokens *without*
+    EOS (as a sampled response that hits max_new_tokens), so the student is never taught to stop at
+    the cut."""
+    return ids + [eos] if len(ids) < max_tokens else ids[:max_tokens]
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

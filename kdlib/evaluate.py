@@ -109,6 +109,30 @@ def evaluate(model, tokenizer, rows: list[dict], *, metric: str, max_new_tokens:
             "n": len(records), "buckets": length_buckets(records)}
 
 
+@torch.no_grad()
+def validation_loss(model, tokenizer, rows: list[dict], *, max_new_tokens: int, batch_size: int = 32) -> float:
+    """Mean cross-entropy per response token of `rows`' reference responses (teacher forcing): the
+    held-out loss DistiLLM's adaptive schedule reads. One forward per batch, no decoding."""
+    from kdlib.data import encode_batch
+    from kdlib.divergences import cross_entropy, masked_sum
+    from kdlib.train import response_logits
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        b = encode_batch(tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk],
+                         max_new_tokens).to(device)
+        mask = b.response_mask[:, b.prompt_length:]  # (B, N)
+        targets = b.input_ids[:, b.prompt_length:].masked_fill(~mask, -100)
+        total += float(masked_sum(cross_entropy(response_logits(model, b), targets), mask))
+        tokens += int(mask.sum())
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
 def self_bleu(samples: list[str]) -> float:
     """Mean BLEU (sacrebleu, 0-100) of each sample against the other samples of the same prompt:
     high = the samples repeat each other (low diversity). GKD Fig. 4 uses it as the diversity axis."""

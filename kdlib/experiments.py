@@ -26,18 +26,20 @@ from kdlib.train import Trainer
 log = logging.getLogger(__name__)
 
 # The teacher recipe per task: SFT from scratch on the full training pool (measured in the workload
-# report, figures/workload/).
+# report, figures/00_quickstart/workload.md).
 TEACHER_STEPS = {"arith": 1200, "summ": 1000}
 # The student's supervised warm-up before distillation (GKD and AdaSwitch start from an SFT student).
 SFT_INIT_STEPS = 300
 
 
 def teacher_recipe(task: str, size: str = "teacher", steps: int | None = None) -> RunConfig:
+    """The embedded teacher: SFT from scratch on the whole training pool, scored on 300 held-out rows per
+    split (8 for the `tiny` size of tests and smoke runs, whose score nobody reads)."""
     return RunConfig(method="sft", task=task, student=size, student_init="scratch", n_train=40000,
                      steps=steps or TEACHER_STEPS[task], batch_size=32, lr=1e-3, warmup_steps=50,
                      checkpoint_every=100,
                      eval_splits=tuple(s for s in workload.TASK_SPLITS[task] if s != "train"),
-                     n_eval=300)
+                     n_eval=8 if size == "tiny" else 300)
 
 
 def teacher_config(cfg: RunConfig) -> RunConfig:
@@ -155,10 +157,10 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
     from accelerate import PartialState
 
     source = build_source(r["source"], rows, cfg.seed, cfg.student_data_fraction,
-                          rank=PartialState().process_index)
+                          rank=PartialState().process_index, steps=cfg.steps)
     sampler = samplers.build_sampler(r["sampler"], **r["sampler_params"]) if r["sampler"] else None
     curve_rows = load_rows(cfg, cfg.eval_splits[0], cfg.n_eval, tok)
-    val_rows = validation_rows(cfg, tok) if r["source"] == "distillm" and cfg.eval_every else None
+    val_rows = validation_rows(cfg, tok) if r["source"] == "distillm" else None
     trainer = Trainer(cfg, student=student, teacher=teacher, tokenizer=tok, source=source,
                       mixed_precision="bf16" if dtype == torch.bfloat16 else "no",
                       sampler=sampler, run_dir=d, progress=progress,
@@ -167,7 +169,20 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
     if last is not None:  # an interrupted run: resume exactly where it stopped
         log.info("resuming %s from %s", d, last)
         checkpoints.load(trainer, last)
+    elif val_rows:  # DistiLLM: the reference validation loss, before any update (as the authors' code)
+        source.report_validation(ev.validation_loss(student, tok, val_rows, max_new_tokens=cfg.max_new_tokens))
     trainer.fit()
+    if trainer.acc.is_main_process:  # one writer: the model, the predictions and result.json
+        _save_and_score(cfg, d, trainer, tok, t0, device, dtype, progress)
+    trainer.acc.wait_for_everyone()
+    return json.loads((d / "result.json").read_text())
+
+
+def _save_and_score(cfg: RunConfig, d: Path, trainer: Trainer, tok, t0: float, device, dtype, progress: bool):
+    """Save the trained student (atomically), score it on every evaluation split, write result.json."""
+    from kdlib import evaluate as ev
+
+    r = cfg.resolved
     model = trainer.acc.unwrap_model(trainer.student)
     if cfg.lora_rank:
         model = model.merge_and_unload()  # a plain model: evaluation and later runs load it as usual
@@ -199,7 +214,34 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
         "provenance": provenance(device, dtype),
     }
     _write_json(d / "result.json", result)
-    return result
+
+
+def score_model(cfg: RunConfig, model_path: str, *, out_dir=None, progress: bool = True) -> dict:
+    """Score an existing model (a save_pretrained directory or a hub name) on `cfg`'s task and
+    evaluation splits, as a run's final evaluation does: {split: score}. Predictions and the scores go to
+    `out_dir` (default: <model_path>/eval when it is a directory)."""
+    from kdlib import evaluate as ev
+
+    _quiet_libraries()
+    device, dtype = pick_device_dtype(cfg.dtype)
+    tok = resolve_tokenizer(cfg)
+    model = load_model(model_path, device=device, dtype=dtype)
+    if model.get_input_embeddings().num_embeddings < len(tok):
+        raise ValueError(f"{model_path}: its vocabulary ({model.get_input_embeddings().num_embeddings}) is "
+                         f"smaller than the tokenizer of teacher={cfg.teacher!r} / student={cfg.student!r} "
+                         f"({len(tok)}); pass the teacher/student names the model was trained with")
+    out = Path(out_dir) if out_dir else (Path(model_path) / "eval" if Path(model_path).is_dir() else None)
+    scores = {}
+    for split in cfg.eval_splits:
+        label = split_label(split)
+        scores[label] = ev.evaluate(model, tok, load_rows(cfg, split, cfg.n_eval, tok),
+                                    metric=task_metric(cfg, split), max_new_tokens=cfg.max_new_tokens,
+                                    out_path=out / f"predictions-{label}.jsonl" if out else None,
+                                    progress=progress)["score"]
+    if out:
+        _write_json(out / "scores.json", {"model": str(model_path), "task": cfg.task, "n_eval": cfg.n_eval,
+                                          "scores": scores})
+    return scores
 
 
 def _quiet_libraries() -> None:
@@ -214,8 +256,8 @@ def _quiet_libraries() -> None:
 
 def _eval_during_training(trainer, rows, validation_rows=None) -> None:
     """Score the student every `eval_every` steps on the first evaluation set (the learning curve,
-    reported, never trained on). DistiLLM's adaptive schedule is fed the negated score on held-out
-    *validation* rows (`validation_rows`), never the test set (the paper uses the validation loss)."""
+    reported, never trained on). DistiLLM's adaptive schedule is fed the cross-entropy of held-out
+    *validation* rows (`validation_rows`; the authors' validation loss), never the test set."""
     from kdlib import evaluate as ev
 
     cfg = trainer.cfg
@@ -224,10 +266,9 @@ def _eval_during_training(trainer, rows, validation_rows=None) -> None:
     score = ev.evaluate(model, trainer.tokenizer, rows, metric=metric, max_new_tokens=cfg.max_new_tokens)["score"]
     trainer.state.metrics[-1]["eval_score"] = score
     if hasattr(trainer.source, "report_validation") and validation_rows:
-        val = ev.evaluate(model, trainer.tokenizer, validation_rows, metric=task_metric(cfg),
-                          max_new_tokens=cfg.max_new_tokens)["score"]
-        trainer.state.metrics[-1]["validation_score"] = val
-        trainer.source.report_validation(-val)
+        val = ev.validation_loss(model, trainer.tokenizer, validation_rows, max_new_tokens=cfg.max_new_tokens)
+        trainer.source.report_validation(val)
+        trainer.state.metrics[-1].update(validation_loss=val, student_output_probability=trainer.source.fraction)
     model.train()
 
 

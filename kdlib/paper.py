@@ -554,8 +554,9 @@ METHOD_SOURCES = {
     "onpolicy": "on-policy KD: forward KL on student samples (AdaSwitch's baseline).",
     "gkd": "GKD (Agarwal et al. 2024): JSD(beta) on a lambda mix of student samples and data; beta 0.5 and "
            "lambda 0.5 are TRL's GKDConfig defaults, the paper's per-task values are not available to us.",
-    "distillm": "DistiLLM (Ko et al. 2024): skew KL, alpha 0.1 (distillm arguments.py --skew-alpha), "
-                "adaptive student-data schedule, replay buffer 1000.",
+    "distillm": "DistiLLM (Ko et al. 2024): skew KL, alpha 0.1 (distillm arguments.py --skew-alpha); "
+                "adaptive student-output probability from 0, +0.1 when the validation loss rises by >= 0.1 "
+                "(the authors' scripts: --init-threshold 0.0 --loss-eps 0.1); replay buffer of 1000.",
     "skd": "SKD (Xu et al. 2024): top_k 25 (google-research speculative_kd config/kd_train.yaml).",
     "switch": "SWITCH (Koo et al. 2025): tau0 and decay are CHOSEN (not in the paper text; a summary "
               "reports ~53 % teacher tokens); skew FKL alpha 0.1 is inferred from its DistiLLM protocol.",

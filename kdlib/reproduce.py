@@ -69,6 +69,8 @@ def main(argv=None) -> int:
     jobs = args.jobs or (min(2, os.cpu_count() or 1) if args.profile == "embedded" and not args.smoke else 1)
     executed = ROOT / ".cache" / "executed"
     t0 = time.time()
+    runs_before = _finished_runs()
+    seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="kdlib-smoke-") as tmp:
         env = {}
         if args.smoke:
@@ -84,9 +86,10 @@ def main(argv=None) -> int:
             elif args.profile == "paper":  # never overwrite the committed embedded figures
                 params.update(out_dir=str(ROOT / "figures" / "paper" / nb.stem))
             print(f"[reproduce] {nb.name} ({'smoke' if args.smoke else args.profile}) ...", flush=True)
-            seconds = execute(nb, params, (Path(tmp) if args.smoke else executed) / nb.name)
-            print(f"[reproduce] {nb.name} done in {seconds:.0f} s ({seconds / 60:.1f} min)", flush=True)
-            return seconds
+            took = execute(nb, params, (Path(tmp) if args.smoke else executed) / nb.name)
+            seconds[nb.stem] = took
+            print(f"[reproduce] {nb.name} done in {took:.0f} s ({took / 60:.1f} min)", flush=True)
+            return took
 
         selected = notebooks(args.only)
         if args.profile == "paper":  # the notebooks with paper tables; their figures go to figures/paper/
@@ -104,7 +107,32 @@ def main(argv=None) -> int:
                     future.result()
     wall = time.time() - t0
     print(f"[reproduce] all notebooks done in {wall:.0f} s ({wall / 60:.1f} min wall, {jobs} at a time)")
+    if args.profile == "embedded" and not args.smoke and not args.only:
+        _write_times(seconds, wall, jobs, len(_finished_runs() - runs_before))
     return 0
+
+
+def _finished_runs() -> set:
+    from kdlib.workload import cache_root
+
+    return {p.parent.name for p in (cache_root() / "runs").glob("*/result.json")}
+
+
+def _write_times(seconds: dict, wall: float, jobs: int, trained: int) -> None:
+    """figures/reproduce_times.md: how long this `make reproduce` took, per notebook, and how many runs it
+    trained (0 = everything came from the cache), so the README's times come from a recorded run."""
+    import platform
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip()
+    lines = [f"`make reproduce` (embedded profile) on {time.strftime('%Y-%m-%d')}, commit {commit}, "
+             f"{os.cpu_count()} CPU cores ({platform.machine()}), {jobs} notebook(s) at a time; "
+             f"{trained} run(s) trained, the rest read from the cache.", "",
+             "| notebook | minutes |", "|---|---:|"]
+    lines += [f"| {nb} | {s / 60:.1f} |" for nb, s in sorted(seconds.items())]
+    lines += [f"| **total (wall)** | **{wall / 60:.1f}** |", ""]
+    (ROOT / "figures" / "reproduce_times.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

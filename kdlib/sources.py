@@ -151,7 +151,8 @@ class MixSource(Source):
 
 @dataclass
 class ReplayBuffer:
-    """Past student rollouts, reused instead of sampling anew (DistiLLM's efficiency device)."""
+    """Past student rollouts, reused instead of sampling anew (DistiLLM's efficiency device): a
+    first-in-first-out store of `capacity` sequences, drawn from without replacement."""
 
     capacity: int = 1000
     items: list = field(default_factory=list)
@@ -163,10 +164,15 @@ class ReplayBuffer:
                                batch.prompt_length))
         del self.items[: max(0, len(self.items) - self.capacity)]
 
+    @property
+    def full(self) -> bool:
+        return len(self.items) >= self.capacity
+
     def draw(self, k: int, gen: torch.Generator, device) -> SequenceBatch:
-        idx = torch.randint(len(self.items), (k,), generator=gen).tolist()
-        picked = [self.items[i] for i in idx]
-        return _stack_rollouts(picked, device)
+        if k > len(self.items):
+            raise ValueError(f"replay buffer holds {len(self.items)} sequences, {k} asked for")
+        idx = torch.randperm(len(self.items), generator=gen)[:k].tolist()
+        return _stack_rollouts([self.items[i] for i in idx], device)
 
 
 def _stack_rollouts(items, device) -> SequenceBatch:
@@ -184,51 +190,61 @@ def _stack_rollouts(items, device) -> SequenceBatch:
 
 
 class DistiLLMSource(Source):
-    """DistiLLM (Ko et al. 2024) adaptive student-generated outputs (SGO): the probability of using
-    student outputs starts at 0 and rises by `increment` whenever the held-out loss did not improve
-    (`report_validation`), up to `max_fraction`; a sampled step reuses a stored rollout from the replay
-    buffer with probability `replay_ratio` instead of sampling anew. The exact schedule constants of the
-    paper are parameters here."""
+    """DistiLLM's adaptive student-generated outputs (SGO) with a replay buffer (Ko et al. 2024, §3.2
+    and Alg. 1; constants from the authors' scripts: initial probability 0, step 0.1, loss margin 0.1,
+    capacity 1000).
+
+    A step uses student outputs with probability `fraction` (else the fixed data). `fraction` starts at
+    `initial_fraction` and rises by `increment` (to at most 1) whenever the held-out validation loss
+    reported through `report_validation` is at least `loss_margin` above the reference loss, which is
+    then moved to it (the first report, before training, sets the reference). Of the student-output
+    steps, a share 1 − step/steps samples afresh and the rest replays stored rollouts, drawn without
+    replacement; until the buffer is full, every student-output step samples afresh."""
 
     uses_sampler = True
 
-    def __init__(self, rows, seed, rank=0, increment=0.1, max_fraction=1.0, replay_ratio=0.5,
-                 capacity=1000):
+    def __init__(self, rows, seed, rank=0, *, steps: int, initial_fraction=0.0, increment=0.1,
+                 loss_margin=0.1, capacity=1000):
         super().__init__(rows, seed, rank)
-        self.fraction, self.increment, self.max_fraction = 0.0, increment, max_fraction
-        self.replay_ratio, self.buffer = replay_ratio, ReplayBuffer(capacity)
-        self.coin_gen = torch.Generator().manual_seed(seed + 3)
-        self.best_val, self.mode = float("inf"), "data"
+        self.steps, self.increment, self.loss_margin = steps, increment, loss_margin
+        self.fraction, self.buffer = initial_fraction, ReplayBuffer(capacity)
+        self.coin_gen = torch.Generator().manual_seed(seed + 3)  # shared by all processes
+        self.reference_loss, self.step, self.mode = None, 0, "data"
 
     def report_validation(self, loss: float):
-        if loss >= self.best_val:
-            self.fraction = min(self.max_fraction, self.fraction + self.increment)
-        self.best_val = min(self.best_val, loss)
+        if self.reference_loss is None:
+            self.reference_loss = loss
+        elif loss >= self.reference_loss + self.loss_margin:
+            self.fraction = min(1.0, self.fraction + self.increment)
+            self.reference_loss = loss
 
     def new_step(self):
-        u = torch.rand(2, generator=self.coin_gen).tolist()
-        if u[0] >= self.fraction:
-            self.mode = "data"
+        u = float(torch.rand((), generator=self.coin_gen))
+        fresh = self.fraction * (1 - self.step / self.steps)
+        self.step += 1
+        if u < fresh or (u < self.fraction and not self.buffer.full):
+            self.mode = "sampler"
         else:
-            self.mode = "replay" if (self.buffer.items and u[1] < self.replay_ratio) else "sampler"
+            self.mode = "replay" if u < self.fraction else "data"
 
     def batch(self, ctx, k):
         if self.mode == "data":
             return self.fixed(ctx, k), "data"
         if self.mode == "replay":
-            return self.buffer.draw(k, self.coin_gen, ctx.device), "replay"
+            return self.buffer.draw(k, self.sample_gen, ctx.device), "replay"
         b = self.sampled(ctx, k)
         self.buffer.add(b)
         return b, "sampler"
 
     def state_dict(self):
         return {**super().state_dict(), "coin_gen": self.coin_gen.get_state(), "fraction": self.fraction,
-                "best_val": self.best_val, "buffer": self.buffer.items}
+                "reference_loss": self.reference_loss, "step": self.step, "buffer": self.buffer.items}
 
     def load_state_dict(self, s):
         super().load_state_dict(s)
         self.coin_gen.set_state(s["coin_gen"])
-        self.fraction, self.best_val, self.buffer.items = s["fraction"], s["best_val"], s["buffer"]
+        self.fraction, self.reference_loss, self.step = s["fraction"], s["reference_loss"], s["step"]
+        self.buffer.items = s["buffer"]
 
 
 SOURCE_CLASSES = {"data": DataSource, "seqkd": SeqKDSource, "sampler": SamplerSource,
@@ -236,9 +252,14 @@ SOURCE_CLASSES = {"data": DataSource, "seqkd": SeqKDSource, "sampler": SamplerSo
 
 
 def build_source(name: str, rows: list[dict], seed: int, student_data_fraction: float = 0.5,
-                 rank: int = 0) -> Source:
+                 rank: int = 0, steps: int = 0) -> Source:
+    """The data source `name` over `rows`; `steps` (the run's optimizer steps) paces DistiLLM's replay."""
     if name == "mix":
         return MixSource(rows, seed, student_data_fraction, rank)
+    if name == "distillm":
+        if steps < 1:
+            raise ValueError("the distillm source needs the run's number of optimizer steps (steps >= 1)")
+        return DistiLLMSource(rows, seed, rank, steps=steps)
     if name not in SOURCE_CLASSES:
         raise ValueError(f"unknown data source {name!r}; choose one of {sorted(SOURCE_CLASSES) + ['mix']}")
     return SOURCE_CLASSES[name](rows, seed, rank)

@@ -124,8 +124,11 @@ class Trainer:
                 student.enable_input_require_grads()  # frozen embeddings + LoRA: keep the graph alive
         trainable = [p for p in student.parameters() if p.requires_grad]  # LoRA: the adapters only
         opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-        self.student, self.opt, self.sched = self.acc.prepare(student, opt, sched)
+        # The scheduler is not passed to accelerate: its wrapper steps a scheduler once per process on
+        # every step (it assumes per-process batches), which would run warm-up and decay N times too
+        # fast with N processes. Here one optimizer step is one scheduler step, whatever the world size.
+        self.sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+        self.student, self.opt = self.acc.prepare(student, opt)
         self.teacher = teacher
         if teacher is not None:
             teacher.eval().requires_grad_(False)
@@ -185,8 +188,15 @@ class Trainer:
             raise NonFiniteLossError(
                 f"loss is {loss_value} at step {self.state.step + 1}; stopped, the last good "
                 f"checkpoint in {self.run_dir / 'checkpoints'} is kept")
-        if self.cfg.max_grad_norm > 0:
-            self.acc.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm)
+        # the norm is measured even without clipping (max_norm inf): a finite loss can still give an
+        # inf/NaN gradient, which the optimizer step would write into the weights
+        grad_norm = float(self.acc.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm or math.inf))
+        if not math.isfinite(grad_norm):
+            self.opt.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"gradient norm is {grad_norm} at step {self.state.step + 1} (loss {loss_value:.4g}); "
+                f"stopped before the update, the last good checkpoint in {self.run_dir / 'checkpoints'} is kept")
+        lr = self.sched.get_last_lr()[0]  # the rate this update uses
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
@@ -195,7 +205,7 @@ class Trainer:
         self.state.seconds += seconds
         total = sum(int(b.response_mask.sum()) for b in batches)
         row = {"step": self.state.step, "loss": loss_value, "tokens": total, "source": used,
-               "lr": self.sched.get_last_lr()[0], "seconds": seconds,
+               "lr": lr, "grad_norm": grad_norm, "seconds": seconds,
                "tokens_per_s": total / seconds if seconds else 0.0,
                "teacher_fraction": stats.get("teacher_fraction", 0.0),
                "switch_rate": stats.get("switch_rate", float("nan"))}
@@ -212,7 +222,12 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.state.step, disable=not self.progress,
                    desc=f"{cfg.method} {cfg.task}", leave=False)
         while self.state.step < cfg.steps:
-            row = self.step()
+            try:
+                row = self.step()
+            except NonFiniteLossError:
+                self.write_metrics()  # the curve up to the failure stays readable
+                bar.close()
+                raise
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", teacher=f"{row['teacher_fraction']:.2f}",
                             tok_s=f"{row['tokens_per_s']:.0f}")

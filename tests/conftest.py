@@ -20,6 +20,21 @@ def _isolated_cache(tmp_path_factory):
         os.environ["KDLIB_CACHE"] = old
 
 
+def cache_sharing_task_data(path):
+    """A fresh, empty cache folder at `path` whose generated task data and tokenizer are links to the
+    session cache's (built there once): a test that needs its own cache does not regenerate the
+    40 000-row task pools. Call it while KDLIB_CACHE still names the session cache."""
+    from kdlib import workload
+
+    for task in workload.TASK_SPECS:
+        workload.task_dir(task)
+    workload.tokenizer_dir()
+    path.mkdir(parents=True)
+    for kind in ("data", "tokenizer"):
+        (path / kind).symlink_to(workload.cache_root() / kind, target_is_directory=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from kdlib.models import build_word_tokenizer

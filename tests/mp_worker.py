@@ -6,7 +6,7 @@ import sys
 import torch
 
 
-def main(out_path: str, steps: int = 2):
+def main(out_path: str, steps: int = 4):
     from accelerate import Accelerator
 
     from kdlib.config import RunConfig
@@ -20,7 +20,7 @@ def main(out_path: str, steps: int = 2):
     rows = generate_rows(TaskSpec("arith", n_train=64, max_steps=4, seed=5), "train")
     student = build_llama(ModelSize(1, 32, 2, 64), tok, seed=0)
     teacher = build_llama(ModelSize(2, 48, 2, 96), tok, seed=1).eval()
-    cfg = RunConfig(method="kd", batch_size=8, steps=steps + 1, max_new_tokens=32, lr=1e-3, warmup_steps=0)
+    cfg = RunConfig(method="kd", batch_size=8, steps=steps + 1, max_new_tokens=32, lr=1e-3, warmup_steps=2)
     trainer = Trainer(cfg, student=student, teacher=teacher, tokenizer=tok,
                       source=build_source("data", rows, cfg.seed, rank=acc.process_index),
                       sampler=None, run_dir=out_path + ".run", accelerator=acc, progress=False)
@@ -34,7 +34,8 @@ def main(out_path: str, steps: int = 2):
     trainer.fit()
     if acc.is_main_process:
         torch.save({"grads": grads, "world": acc.num_processes,
-                    "losses": [m["loss"] for m in trainer.state.metrics]}, out_path)
+                    "losses": [m["loss"] for m in trainer.state.metrics],
+                    "lrs": [m["lr"] for m in trainer.state.metrics]}, out_path)
     acc.wait_for_everyone()
 
 

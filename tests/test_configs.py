@@ -8,6 +8,8 @@ import pytest
 from kdlib import cli
 from kdlib.config import METHODS, load_config
 
+from conftest import cache_sharing_task_data
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs" / "embedded").glob("*.yaml"))
 TINY = ["teacher=tiny", "teacher_steps=5", "student=tiny", "steps=2", "n_train=16", "n_eval=4",
@@ -20,7 +22,7 @@ def test_there_is_a_config_file_per_method():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_file_trains_and_evaluates_from_the_command_line(path, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KDLIB_CACHE", str(cache_sharing_task_data(tmp_path / "cache")))
     assert cli.main(["train", str(path), *TINY, "--quiet"]) == 0
     printed = json.loads(capsys.readouterr().out)
     cfg = load_config(path, TINY)

@@ -31,6 +31,17 @@ def test_batch_layout_keeps_eos_target_when_pad_equals_eos(tokenizer):
     assert (pos[torch.arange(2), first_real] == 0).all()
 
 
+def test_a_reference_cut_at_the_length_limit_gets_no_eos(tokenizer):
+    """A reference longer than the limit is cut without EOS (the student must not learn to stop at
+    the cut); one that fits keeps its EOS; the limit counts the EOS."""
+    b = encode_batch(tokenizer, ["a", "a"], ["3 + 1 = 4 . #### 4", "#### 1"], max_response_tokens=3)
+    P = b.prompt_length
+    resp_ids, resp = b.input_ids[:, P:], b.response_mask[:, P:]
+    assert resp.sum(1).tolist() == [3, 3]
+    assert tokenizer.eos_token_id not in resp_ids[0][resp[0]].tolist()
+    assert resp_ids[1][resp[1]].tolist()[-1] == tokenizer.eos_token_id
+
+
 def test_malformed_row_is_named_by_file_row_and_field(tmp_path):
     path = tmp_path / "rows.jsonl"
     rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": ""}]
@@ -158,3 +169,39 @@ def test_base_model_prompts_start_with_bos_once_when_the_tokenizer_adds_one():
     ids, _ = encode_prompts(with_bos, ["a b", "a"])
     assert ids[0].tolist() == [bos_id] + with_bos.convert_tokens_to_ids(["a", "b"])
     assert ids[1, -2:].tolist() == [bos_id, with_bos.convert_tokens_to_ids("a")]
+
+
+def test_eval_scores_an_existing_model_directory(tokenizer, tmp_path, capsys):
+    """`python -m kdlib eval --model DIR`: the model is scored as it is (nothing trains), with its
+    predictions and scores written beside it; the scores match kdlib.evaluate on the same rows."""
+    from conftest import tiny_llama
+
+    from kdlib.cli import main
+    from kdlib.evaluate import evaluate
+    from kdlib.experiments import load_rows
+    from kdlib.workload import embedded_tokenizer
+
+    model_dir = tmp_path / "model"
+    tiny_llama(embedded_tokenizer(), 3).save_pretrained(model_dir)
+    assert main(["eval", "task=arith", "n_eval=6", "max_new_tokens=8", "eval_splits=[test,plus]",
+                 "--model", str(model_dir), "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((model_dir / "eval" / "scores.json").read_text())
+    assert set(printed) == {"test", "plus"} and saved["scores"] == printed
+    assert len((model_dir / "eval" / "predictions-plus.jsonl").read_text().splitlines()) == 6
+    cfg = cfgmod.RunConfig(task="arith", n_eval=6, max_new_tokens=8)
+    direct = evaluate(tiny_llama(embedded_tokenizer(), 3), embedded_tokenizer(), load_rows(cfg, "test", 6),
+                      metric="accuracy", max_new_tokens=8)
+    assert printed["test"] == direct["score"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tokenizers_of_another_family_are_refused(tokenizer):
+    from kdlib.models import build_word_tokenizer, check_same_tokenizer
+    from kdlib.tasks.embedded import vocabulary
+
+    words = vocabulary()
+    other = build_word_tokenizer(list(reversed(words)))
+    with pytest.raises(ValueError, match="tokenizers differ .*first at id"):
+        check_same_tokenizer(tokenizer, other)
+    check_same_tokenizer(tokenizer, build_word_tokenizer(words))  # the same family passes

@@ -29,6 +29,8 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path):
     assert (a["world"], b["world"]) == (2, 1)  # torchrun really started two processes
     for k in b["grads"]:  # gradients, not AdamW-updated weights (Adam's first step is ~sign(g))
         assert torch.allclose(a["grads"][k], b["grads"][k], atol=1e-7, rtol=1e-4), k
+    # one scheduler step per optimizer step, whatever the number of processes (warm-up, then decay)
+    assert a["lrs"] == pytest.approx(b["lrs"]) and len(set(b["lrs"])) == len(b["lrs"])
     # losses agree while Adam has not yet amplified float noise in near-zero gradients (its early
     # updates are ~lr * sign(g)); later steps drift apart by a few percent on a model this small
     assert a["losses"][:2] == pytest.approx(b["losses"][:2], rel=1e-4)

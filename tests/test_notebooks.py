@@ -6,6 +6,8 @@ import pytest
 
 from kdlib import reproduce
 
+from conftest import cache_sharing_task_data
+
 NOTEBOOKS = reproduce.notebooks()
 
 
@@ -31,8 +33,9 @@ def test_committed_without_outputs_and_with_one_parameters_cell(path):
 def test_notebook_executes_at_smoke_settings(path, tmp_path):
     """The smoke run: every cell of every notebook, tiny models, outputs to a temp folder."""
     out = tmp_path / "figures"
+    cache = cache_sharing_task_data(tmp_path / "cache")
     reproduce.execute(path, {"smoke": True, "seeds": [0], "out_dir": str(out)}, tmp_path / path.name,
-                      env={"KDLIB_CACHE": str(tmp_path / "cache")})
+                      env={"KDLIB_CACHE": str(cache)})
     produced = {p.suffix for p in out.rglob("*")}
     assert {".png", ".pdf", ".csv", ".md"} <= produced, f"{path.name} wrote {sorted(produced)}"
 

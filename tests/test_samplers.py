@@ -385,3 +385,18 @@ def test_sample_rejects_bad_inputs(pair):
         build_sampler("switch").sample(student, None, ids, mask, **kw)
     with pytest.raises(ValueError, match="temperature"):
         build_sampler("student").sample(student, None, ids, mask, temperature=-1.0, **kw)
+
+
+def test_eos_and_pad_default_to_the_models_config():
+    """Called as the issue's contract shows (no eos/pad ids), the sampler reads them from the model:
+    the same rollout as passing the config's ids explicitly, rows stopping at that EOS."""
+    student, teacher = tiny_llama(0, eos_bias=3.0), tiny_llama(1, eos_bias=3.0)
+    ids, mask = prompts(0)
+    for name in ("student", "switch"):
+        sampler = build_sampler(name)
+        implicit = sampler.sample(student, teacher, ids, mask, max_new_tokens=24, temperature=1.0,
+                                  generator=torch.Generator().manual_seed(5))
+        explicit = sampler.sample(student, teacher, ids, mask, max_new_tokens=24, temperature=1.0,
+                                  eos_token_id=EOS, pad_token_id=PAD, generator=torch.Generator().manual_seed(5))
+        assert torch.equal(implicit.input_ids, explicit.input_ids)
+        assert implicit.input_ids.shape[1] - implicit.prompt_length < 24  # EOS came early: it was read

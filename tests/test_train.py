@@ -19,7 +19,7 @@ def make_trainer(cfg, tokenizer, rows, run_dir, seed_student=0, seed_teacher=1):
     teacher = tiny_llama(tokenizer, seed_teacher, layers=2, hidden=48)
     r = cfg.resolved
     sampler = build_sampler(r["sampler"], **r["sampler_params"]) if r["sampler"] else None
-    source = build_source(r["source"], rows, cfg.seed, cfg.student_data_fraction)
+    source = build_source(r["source"], rows, cfg.seed, cfg.student_data_fraction, steps=cfg.steps)
     return Trainer(cfg, student=student, teacher=teacher, tokenizer=tokenizer, source=source,
                    sampler=sampler, run_dir=run_dir, progress=False)
 
@@ -79,6 +79,27 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tokenizer
     assert all(torch.isfinite(v).all() for v in state["student"].values())
 
 
+def test_inf_gradient_with_a_finite_loss_stops_before_the_update(tokenizer, arith_rows, tmp_path):
+    """A finite loss can still give an inf gradient; the step must stop before AdamW writes it into the
+    weights (and into the next 'good' checkpoint), and the metrics so far stay on disk."""
+    cfg = RunConfig(method="kd", batch_size=4, steps=5, checkpoint_every=1, max_new_tokens=48)
+    t = make_trainer(cfg, tokenizer, arith_rows, tmp_path)
+    weight = next(t.student.parameters())
+    original_step = t.step
+
+    def poison_third_step():
+        if t.state.step == 2:
+            weight.register_hook(lambda g: g * float("inf"))
+        return original_step()
+
+    t.step = poison_third_step
+    with pytest.raises(NonFiniteLossError, match="gradient norm is (nan|inf) at step 3"):
+        t.fit()
+    assert torch.isfinite(weight).all()
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 1 + 2
+    assert checkpoints.list_checkpoints(tmp_path / "checkpoints")[-1].name == "step-000002.pt"
+
+
 @pytest.mark.parametrize("method", ["onpolicy", "gkd"])
 def test_interrupted_run_resumes_to_the_same_weights_and_metrics(method, tokenizer, arith_rows, tmp_path):
     """A run killed after step 2 and resumed from its checkpoint ends exactly like one never stopped:
@@ -108,6 +129,88 @@ def test_interrupted_run_resumes_to_the_same_weights_and_metrics(method, tokeniz
     key = lambda rows: [(r["step"], r["loss"], r["source"], r["tokens"]) for r in rows]  # noqa: E731
     assert key(full.state.metrics) == key(second.state.metrics)
     assert full.state.forwards == second.state.forwards
+
+
+def test_interrupted_distillm_run_resumes_with_its_schedule_and_replay_buffer(tokenizer, arith_rows, tmp_path):
+    """DistiLLM's state — student-output probability, step count, replay buffer — survives a restart:
+    the resumed run draws the same fresh / replayed / fixed batches and ends with the same weights."""
+    cfg = RunConfig(method="distillm", batch_size=4, steps=6, checkpoint_every=3, max_new_tokens=24,
+                    eval_every=100, lr=1e-2)
+
+    def trainer(d):
+        t = make_trainer(cfg, tokenizer, arith_rows, tmp_path / d)
+        t.source.fraction, t.source.buffer.capacity = 1.0, 8  # full after two sampled steps: replay begins
+        return t
+
+    full = trainer("full")
+    full.fit()
+    assert {m["source"] for m in full.state.metrics} >= {"sampler", "replay"}
+    first = trainer("resumed")
+    original_step = first.step
+
+    def interrupt_after_three():
+        if first.state.step == 3:
+            raise KeyboardInterrupt
+        return original_step()
+
+    first.step = interrupt_after_three
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    second = trainer("resumed")
+    second.source.fraction = 0.0  # must come back from the checkpoint
+    checkpoints.load(second, checkpoints.latest(second))
+    assert second.source.fraction == 1.0 and len(second.source.buffer.items) == 8
+    second.fit()
+    for a, b in zip(full.student.parameters(), second.student.parameters()):
+        assert torch.equal(a, b)
+    assert [m["source"] for m in full.state.metrics] == [m["source"] for m in second.state.metrics]
+
+
+def test_distillm_schedule_follows_the_validation_loss_margin(arith_rows):
+    """The authors' rule: +0.1 only when the validation loss is >= 0.1 above the reference, which then
+    moves to it; the first report (before training) only sets the reference."""
+    src = build_source("distillm", arith_rows, seed=0, steps=10)
+    fractions = []
+    for loss in (2.0, 2.05, 2.1, 2.15, 2.3, 2.35, 1.0, 2.4):
+        src.report_validation(loss)
+        fractions.append(round(src.fraction, 6))
+    assert fractions == [0.0, 0.0, 0.1, 0.1, 0.2, 0.2, 0.2, 0.3]
+    for _ in range(12):
+        src.report_validation(src.reference_loss + 1)
+    assert src.fraction == 1.0
+
+
+def test_distillm_replays_more_as_training_goes_on(arith_rows):
+    """With a full buffer and probability 1: fresh samples with probability 1 − step/steps, replay
+    otherwise; the buffer is drawn from without replacement."""
+    src = build_source("distillm", arith_rows, seed=0, steps=400)
+    src.fraction = 1.0
+    src.buffer.capacity = 3
+    src.buffer.items = [(torch.tensor([i, 7]), torch.ones(2), torch.tensor([False, True]), 1) for i in range(3)]
+    modes = []
+    for _ in range(400):
+        src.new_step()
+        modes.append(src.mode)
+    first, last = modes[:100].count("sampler") / 100, modes[300:].count("sampler") / 100
+    assert set(modes) == {"sampler", "replay"} and first > 0.75 and last < 0.25
+    drawn = src.buffer.draw(3, torch.Generator().manual_seed(0), "cpu").input_ids[:, 0].tolist()
+    assert sorted(drawn) == [0, 1, 2]
+    with pytest.raises(ValueError, match="holds 3 sequences, 4 asked"):
+        src.buffer.draw(4, torch.Generator(), "cpu")
+
+
+def test_distillm_needs_eval_every():
+    with pytest.raises(ValueError, match="eval_every >= 1"):
+        RunConfig(method="distillm")
+
+
+def test_bookkeeping_fields_may_change_between_a_run_and_its_resumption(tokenizer, arith_rows, tmp_path):
+    cfg = RunConfig(method="kd", batch_size=4, steps=1, checkpoint_every=1, max_new_tokens=24)
+    make_trainer(cfg, tokenizer, arith_rows, tmp_path).fit()
+    other = make_trainer(cfg.replace(checkpoint_every=5, keep_checkpoints=4, eval_every=3), tokenizer,
+                         arith_rows, tmp_path)
+    checkpoints.load(other, checkpoints.latest(other))
+    assert other.state.step == 1
 
 
 def test_checkpoint_from_another_config_is_refused(tokenizer, arith_rows, tmp_path):

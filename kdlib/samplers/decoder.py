@@ -71,7 +71,9 @@ def draw_tokens(logits: Tensor, generator: torch.Generator, temperature: float =
     # Inverse-CDF draw: one uniform per row. torch.multinomial draws one exponential per vocabulary
     # entry, which costs more than a small model's forward step on CPU.
     cdf = logits.softmax(-1).cumsum(-1)  # (n, V); CPU accumulates in float64, so no drift over 150k ids
-    u = torch.rand((logits.shape[0], 1), generator=generator, device=logits.device)
+    # drawn on the generator's own device (a CPU generator cannot fill a CUDA tensor), then moved
+    u = torch.rand((logits.shape[0], 1), generator=generator,
+                   device=generator.device if generator is not None else logits.device).to(logits.device)
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # first id with cdf > u: never a p = 0 id
     return token.clamp_(max=logits.shape[-1] - 1).squeeze(-1)  # (n,)
 
@@ -138,7 +140,8 @@ class Sampler:
         return True
 
     def sample(self, student, teacher, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
-               eos_token_id: EosIds, pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
+               eos_token_id: EosIds | str = "model", pad_token_id: int | str = "model",
+               temperature: float = 1.0, top_p: float = 1.0,
                top_k: int = 0, generator: torch.Generator, return_teacher_logits: bool = False) -> Rollout:
         """Write a response to each left-padded prompt (prompt_ids, prompt_mask: (B, P)).
 
@@ -146,9 +149,13 @@ class Sampler:
         `temperature` (0 = greedy), `top_p` and `top_k` only shape the draw of a token; `top_k` here is the
         drawing filter, unrelated to SKD's own `top_k`. All randomness comes from `generator`: the same
         generator state gives the same rollout. Rows stop at EOS (any of `eos_token_id` if a list; None
-        = never) or after `max_new_tokens`. Models are put in eval mode during sampling and restored."""
+        = never; "model", the default, = the models' generation config) or after `max_new_tokens`; padding
+        uses `pad_token_id` (default: the models' pad id, else their EOS). Models are put in eval mode during
+        sampling and restored."""
         _check_inputs(self, student, teacher, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p,
                       top_k)
+        eos_token_id, pad_token_id = _special_ids(student if self.uses_student else teacher, eos_token_id,
+                                                  pad_token_id)
         with _eval_mode(student, teacher), torch.no_grad():  # no_grad, not inference_mode: the rollout
             return _decode(self, student, teacher, prompt_ids, prompt_mask,  # feeds autograd later
                            max_new_tokens=max_new_tokens, eos=eos_token_id, pad=pad_token_id,
@@ -158,6 +165,25 @@ class Sampler:
     def __repr__(self):
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({params})"
+
+
+def _special_ids(model, eos, pad):
+    """EOS and pad ids; those left at "model" are read from the model's generation config, else its config."""
+    def from_model(key):
+        for c in (getattr(model, "generation_config", None), model.config):
+            if c is not None and getattr(c, key, None) is not None:
+                return getattr(c, key)
+        return None
+
+    if eos == "model":
+        eos = from_model("eos_token_id")
+    if pad == "model":
+        pad = from_model("pad_token_id")
+        if pad is None:
+            pad = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+        if pad is None:
+            raise ValueError("the model config names no pad or EOS id: pass pad_token_id")
+    return eos, pad
 
 
 def _check_inputs(sampler, student, teacher, ids, mask, max_new_tokens, temperature, top_p, top_k):
