@@ -38,8 +38,13 @@ def save_provenance(results: list[dict], out_dir, extra: dict | None = None) -> 
     """Which configs, seeds and commit made the figures in `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from kdlib.config import RunConfig
+
+    defaults = RunConfig().to_dict()
     runs = [{"hash": r["hash"], "method": r["method"], "task": r["task"], "student": r["student"],
-             "seed": r["seed"], "git_commit": r["provenance"]["git_commit"]} for r in results]
+             "seed": r["seed"], "git_commit": r["provenance"]["git_commit"],
+             # every config field that differs from RunConfig's default: the run is rebuildable from here
+             "config": {k: r[k] for k in defaults if k in r and r[k] != defaults[k]}} for r in results]
     path = out / "provenance.json"
     path.write_text(json.dumps({"runs": runs, **(extra or {})}, indent=1))
     return path
