@@ -24,6 +24,20 @@ def make_trainer(cfg, tokenizer, rows, run_dir, seed_student=0, seed_teacher=1):
                    sampler=sampler, run_dir=run_dir, progress=False)
 
 
+def interrupt_after(trainer, n_steps):
+    """Run `trainer` and kill it (KeyboardInterrupt) once it has finished `n_steps` steps."""
+    original_step = trainer.step
+
+    def step():
+        if trainer.state.step == n_steps:
+            raise KeyboardInterrupt
+        return original_step()
+
+    trainer.step = step
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+
+
 def grads(model):
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
@@ -109,17 +123,7 @@ def test_interrupted_run_resumes_to_the_same_weights_and_metrics(method, tokeniz
     full = make_trainer(cfg, tokenizer, arith_rows, tmp_path / "full")
     full.fit()
 
-    first = make_trainer(cfg, tokenizer, arith_rows, tmp_path / "resumed")
-    original_step = first.step
-
-    def interrupt_after_two():
-        if first.state.step == 2:
-            raise KeyboardInterrupt
-        return original_step()
-
-    first.step = interrupt_after_two
-    with pytest.raises(KeyboardInterrupt):
-        first.fit()
+    interrupt_after(make_trainer(cfg, tokenizer, arith_rows, tmp_path / "resumed"), 2)
     torch.manual_seed(1234)  # the resumed process starts with other global RNG state
     second = make_trainer(cfg, tokenizer, arith_rows, tmp_path / "resumed")
     checkpoints.load(second, checkpoints.latest(second))
@@ -145,17 +149,7 @@ def test_interrupted_distillm_run_resumes_with_its_schedule_and_replay_buffer(to
     full = trainer("full")
     full.fit()
     assert {m["source"] for m in full.state.metrics} >= {"sampler", "replay"}
-    first = trainer("resumed")
-    original_step = first.step
-
-    def interrupt_after_three():
-        if first.state.step == 3:
-            raise KeyboardInterrupt
-        return original_step()
-
-    first.step = interrupt_after_three
-    with pytest.raises(KeyboardInterrupt):
-        first.fit()
+    interrupt_after(trainer("resumed"), 3)
     second = trainer("resumed")
     second.source.fraction = 0.0  # must come back from the checkpoint
     checkpoints.load(second, checkpoints.latest(second))
