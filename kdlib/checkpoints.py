@@ -40,8 +40,7 @@ def save(trainer) -> Path | None:
 
     acc = trainer.acc
     acc.wait_for_everyone()
-    # every process's own state, in rank order (gather_object is a no-op list on one process)
-    processes = gather_object([_process_state(trainer)]) if acc.num_processes > 1 else [_process_state(trainer)]
+    processes = gather_object([_process_state(trainer)])  # every process's own state, in rank order
     if not acc.is_main_process:
         return None
     d = checkpoint_dir(trainer)

@@ -113,10 +113,11 @@ def evaluate(model, tokenizer, rows: list[dict], *, metric: str, max_new_tokens:
 def validation_loss(model, tokenizer, rows: list[dict], *, max_new_tokens: int, batch_size: int = 32) -> float:
     """Mean cross-entropy per response token of `rows`' reference responses (teacher forcing): the
     held-out loss DistiLLM's adaptive schedule reads. One forward per batch, no decoding."""
+    from kdlib.config import RunConfig
     from kdlib.data import encode_batch
-    from kdlib.divergences import cross_entropy, masked_sum
-    from kdlib.train import response_logits
+    from kdlib.train import Forwards, micro_batch_loss_sum
 
+    sft = RunConfig(method="sft", max_new_tokens=max_new_tokens)  # the training step's own CE on labels
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -125,10 +126,8 @@ def validation_loss(model, tokenizer, rows: list[dict], *, max_new_tokens: int, 
         chunk = rows[i:i + batch_size]
         b = encode_batch(tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk],
                          max_new_tokens).to(device)
-        mask = b.response_mask[:, b.prompt_length:]  # (B, N)
-        targets = b.input_ids[:, b.prompt_length:].masked_fill(~mask, -100)
-        total += float(masked_sum(cross_entropy(response_logits(model, b), targets), mask))
-        tokens += int(mask.sum())
+        loss_sum, n = micro_batch_loss_sum(model, None, b, sft, Forwards())
+        total, tokens = total + float(loss_sum), tokens + n
     model.train(was_training)
     return total / max(tokens, 1)
 

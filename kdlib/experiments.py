@@ -178,10 +178,23 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
     return json.loads((d / "result.json").read_text())
 
 
-def _save_and_score(cfg: RunConfig, d: Path, trainer: Trainer, tok, t0: float, device, dtype, progress: bool):
-    """Save the trained student (atomically), score it on every evaluation split, write result.json."""
+def score_splits(cfg: RunConfig, model, tok, out_dir: Path | None, progress: bool) -> dict:
+    """Greedy-decode and score `model` on each of `cfg.eval_splits` (n_eval rows each): {label: result of
+    kdlib.evaluate.evaluate}; per-example predictions to out_dir/predictions-<label>.jsonl when given."""
     from kdlib import evaluate as ev
 
+    scores = {}
+    for split in cfg.eval_splits:
+        label = split_label(split)
+        scores[label] = ev.evaluate(model, tok, load_rows(cfg, split, cfg.n_eval, tok),
+                                    metric=task_metric(cfg, split), max_new_tokens=cfg.max_new_tokens,
+                                    out_path=out_dir / f"predictions-{label}.jsonl" if out_dir else None,
+                                    progress=progress)
+    return scores
+
+
+def _save_and_score(cfg: RunConfig, d: Path, trainer: Trainer, tok, t0: float, device, dtype, progress: bool):
+    """Save the trained student (atomically), score it on every evaluation split, write result.json."""
     r = cfg.resolved
     model = trainer.acc.unwrap_model(trainer.student)
     if cfg.lora_rank:
@@ -190,13 +203,7 @@ def _save_and_score(cfg: RunConfig, d: Path, trainer: Trainer, tok, t0: float, d
     model.save_pretrained(d / "model.tmp")
     shutil.rmtree(d / "model", ignore_errors=True)
     (d / "model.tmp").replace(d / "model")
-    scores = {}
-    for split in cfg.eval_splits:
-        rows_eval = load_rows(cfg, split, cfg.n_eval, tok)
-        label = split_label(split)
-        scores[label] = ev.evaluate(model, tok, rows_eval, metric=task_metric(cfg, split),
-                                    max_new_tokens=cfg.max_new_tokens,
-                                    out_path=d / f"predictions-{label}.jsonl", progress=progress)
+    scores = score_splits(cfg, model, tok, d, progress)
     result = {
         "hash": cfg.hash(), **cfg.to_dict(), **{f"resolved_{k}": v for k, v in r.items()},
         "score": scores[split_label(cfg.eval_splits[0])]["score"],
@@ -220,8 +227,6 @@ def score_model(cfg: RunConfig, model_path: str, *, out_dir=None, progress: bool
     """Score an existing model (a save_pretrained directory or a hub name) on `cfg`'s task and
     evaluation splits, as a run's final evaluation does: {split: score}. Predictions and the scores go to
     `out_dir` (default: <model_path>/eval when it is a directory)."""
-    from kdlib import evaluate as ev
-
     _quiet_libraries()
     device, dtype = pick_device_dtype(cfg.dtype)
     tok = resolve_tokenizer(cfg)
@@ -231,13 +236,7 @@ def score_model(cfg: RunConfig, model_path: str, *, out_dir=None, progress: bool
                          f"smaller than the tokenizer of teacher={cfg.teacher!r} / student={cfg.student!r} "
                          f"({len(tok)}); pass the teacher/student names the model was trained with")
     out = Path(out_dir) if out_dir else (Path(model_path) / "eval" if Path(model_path).is_dir() else None)
-    scores = {}
-    for split in cfg.eval_splits:
-        label = split_label(split)
-        scores[label] = ev.evaluate(model, tok, load_rows(cfg, split, cfg.n_eval, tok),
-                                    metric=task_metric(cfg, split), max_new_tokens=cfg.max_new_tokens,
-                                    out_path=out / f"predictions-{label}.jsonl" if out else None,
-                                    progress=progress)["score"]
+    scores = {label: v["score"] for label, v in score_splits(cfg, model, tok, out, progress).items()}
     if out:
         _write_json(out / "scores.json", {"model": str(model_path), "task": cfg.task, "n_eval": cfg.n_eval,
                                           "scores": scores})
