@@ -26,7 +26,7 @@ from kdlib.train import Trainer
 log = logging.getLogger(__name__)
 
 # The teacher recipe per task: SFT from scratch on the full training pool (measured in the workload
-# report, figures/00_quickstart/workload.md).
+# report, figures/01_gkd/workload.md).
 TEACHER_STEPS = {"arith": 1200, "summ": 1000}
 # The student's supervised warm-up before distillation (GKD and AdaSwitch start from an SFT student).
 SFT_INIT_STEPS = 300

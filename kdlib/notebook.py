@@ -59,6 +59,33 @@ def workload_frame(results: list[dict], roles: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def eval_splits(task: str) -> tuple:
+    """The held-out sets a notebook scores on: every split of the task but train (arith: test and its
+    perturbed "plus" split). Notebooks use the same sets so the runs they share are trained once."""
+    from kdlib import workload
+
+    return tuple(s for s in workload.TASK_SPLITS.get(task, ("train", "test")) if s != "train")
+
+
+def workload_report(tasks: list[str], students: list[str], *, n_train: int, steps: int,
+                    smoke: bool = False) -> pd.DataFrame:
+    """The embedded workload table: per task, the teacher (`kdlib.experiments.teacher_recipe`) and each
+    student trained by SFT alone on `n_train` rows (`sft_init_recipe`, the warm-up every distillation
+    method starts from), with parameters, training minutes, steps, rows and a score per held-out set.
+    Trains what is not cached yet."""
+    from kdlib.experiments import run, run_grid, sft_init_recipe, teacher_config
+
+    parts = []
+    for task in tasks:
+        base = dict(task=task, n_train=n_train, steps=steps, eval_splits=eval_splits(task))
+        sft = [sft_init_recipe(c) for c in grid(base, smoke, student=students)]
+        report = [run(teacher_config(grid(base, smoke)[0]))] + run_grid(sft)
+        roles = ["teacher"] + ["student (SFT only)"] * len(sft)
+        parts.append(workload_frame(report, roles).assign(task=task))
+    table = pd.concat(parts, ignore_index=True)
+    return table[["task"] + [c for c in table if c != "task"]]
+
+
 def table_configs(profile: str, table: str, embedded: list[RunConfig], seeds) -> list[RunConfig]:
     """The configs behind one paper table or figure: the embedded grid the notebook built, or, with
     profile='paper', the paper table's runs (`kdlib.paper.TABLES[table]`: hub pairs and datasets)."""
@@ -81,21 +108,26 @@ def divergence_label(cfg: RunConfig) -> str:
 
 
 def scores_long(results: list[dict]) -> pd.DataFrame:
-    """One row per (run, evaluation set): method, task, eval set, seed, score."""
+    """One row per (run, evaluation set): method, task, eval set, set ("task/eval"), seed, score."""
     rows = []
     for r in results:
         for key, value in r.items():
             if key.startswith("score_"):
                 rows.append({"method": r["method"], "task": r["task"], "student": r["student"],
-                             "eval": key[len("score_"):], "seed": r["seed"], "score": value})
+                             "eval": key[len("score_"):], "set": f"{r['task']}/{key[len('score_'):]}",
+                             "seed": r["seed"], "score": value})
     return pd.DataFrame(rows)
 
 
 def score_table(results: list[dict], methods: list[str], by: tuple = ("method",)) -> pd.DataFrame:
-    """Methods x (task / evaluation set): mean over seeds, a column per set, methods in the given order."""
+    """Methods x (task / evaluation set): per set a column with the mean over seeds and one "<set> sd"
+    with their standard deviation (empty with one seed), methods in the given order."""
     long = scores_long(results)
-    long["set"] = long["task"] + "/" + long["eval"]
-    table = long.pivot_table(index=list(by), columns="set", values="score", aggfunc="mean", sort=False)
+    stats = long.groupby(list(by) + ["set"], sort=False)["score"].agg(["mean", "std"])
+    table = stats.unstack("set")
+    sets = list(dict.fromkeys(long["set"]))  # first-seen order
+    table = pd.concat({c: table[(stat, s)] for s in sets
+                       for c, stat in ((s, "mean"), (f"{s} sd", "std"))}, axis=1)
     if list(by) == ["method"]:
         table = table.reindex([m for m in methods if m in table.index])
     return table.reset_index()

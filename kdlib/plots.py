@@ -54,3 +54,27 @@ def mean_std(df: pd.DataFrame, by: list[str], value: str = "score") -> pd.DataFr
     """Mean, standard deviation and seed count of `value` per group."""
     g = df.groupby(by, sort=False)[value]
     return g.agg(mean="mean", std="std", seeds="count").reset_index()
+
+
+def bars(df: pd.DataFrame, x: str, y: str = "score", *, hue: str | None = None, col: str | None = None,
+         ylabel: str = "score", title: str = "", order=None):
+    """Bars of the mean of `y` per `x` (per `hue`, one panel per `col`), error bars one standard
+    deviation over the rows (seeds), each seed as a dot: the figure beside a mean ± sd table."""
+    kw = dict(data=df, x=x, y=y, hue=hue, order=order)
+    dots = dict(palette="dark:0.2") if hue is not None else dict(color="0.2")  # the seeds, dark
+    if col is not None:
+        g = sns.catplot(**kw, col=col, kind="bar", errorbar="sd", height=3.4, aspect=1.3, sharey=False,
+                        alpha=0.8)
+        g.map_dataframe(sns.stripplot, x=x, y=y, hue=hue, order=order, dodge=hue is not None, size=3,
+                        legend=False, **dots)
+        g.set_axis_labels(x, ylabel)
+        g.set_xticklabels(rotation=30, ha="right")
+        if title:
+            g.figure.suptitle(title, y=1.03)
+        return g.figure
+    fig, ax = plt.subplots()
+    sns.barplot(**kw, errorbar="sd", alpha=0.8, ax=ax)
+    sns.stripplot(**kw, dodge=hue is not None, size=3, legend=False, ax=ax, **dots)
+    ax.set(xlabel=x, ylabel=ylabel, title=title)
+    ax.tick_params(axis="x", labelrotation=30)
+    return fig

@@ -40,6 +40,25 @@ def test_notebook_executes_at_smoke_settings(path, tmp_path):
     assert {".png", ".pdf", ".csv", ".md"} <= produced, f"{path.name} wrote {sorted(produced)}"
 
 
+def test_score_table_has_mean_and_spread_per_set():
+    from kdlib.notebook import score_table
+
+    def result(method, seed, test, plus=None):
+        r = {"method": method, "task": "arith", "student": "s", "seed": seed, "score_test": test}
+        return r if plus is None else {**r, "score_plus": plus}
+
+    res = [result("kd", 0, 0.5, 0.2), result("kd", 1, 0.7, 0.4), result("sft", 0, 0.1, 0.0),
+           result("sft", 1, 0.3, 0.0), {**result("sft", 0, 0.9), "task": "summ"}]
+    t = score_table(res, ["sft", "kd"]).set_index("method")
+    assert list(t.index) == ["sft", "kd"]
+    assert list(t.columns) == ["arith/test", "arith/test sd", "arith/plus", "arith/plus sd", "summ/test",
+                               "summ/test sd"]
+    assert t.loc["kd", "arith/test"] == pytest.approx(0.6)
+    assert t.loc["kd", "arith/test sd"] == pytest.approx(0.1414, abs=1e-4)
+    assert t.loc["sft", "arith/plus sd"] == 0.0 and t.loc["sft", "summ/test"] == 0.9
+    assert t["summ/test sd"].isna().all() and t.loc["kd"].drop(["summ/test", "summ/test sd"]).notna().all()
+
+
 def test_claim_verdicts_follow_the_seed_spread():
     import pandas as pd
 

@@ -13,7 +13,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kdlib import divergences as D
-from kdlib.samplers import (SAMPLER_DEFAULTS, build_sampler, draw_tokens, position_ids,
+from kdlib.samplers import (SAMPLER_DEFAULTS, build_sampler, draw_tokens, position_ids, step_distance,
                             validate_sampler_params)
 
 V, PAD, EOS = 64, 0, 1
@@ -357,6 +357,28 @@ def test_draw_tokens_matches_the_tempered_distribution():
     assert (draw_tokens(logits[:3], g, 0.0) == 0).all()
     a = draw_tokens(logits[:50], torch.Generator().manual_seed(7))
     assert torch.equal(a, draw_tokens(logits[:50], torch.Generator().manual_seed(7)))
+
+
+@pytest.mark.parametrize("kind,fn", [("fkl", D.forward_kl), ("rkl", D.reverse_kl), ("jsd", D.jsd),
+                                     ("tvd", D.tvd)])
+def test_step_distance_equals_the_divergences(kind, fn):
+    """The decoder's fast per-step distance (what SWITCH and AdaSwitch decide on) against the chunked
+    training divergences, on ordinary, peaked, near-equal and disjoint distributions."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(6, 4096, generator=g) * torch.tensor([0.5, 1, 3, 8, 1, 30])[:, None]
+    p = torch.randn(6, 4096, generator=g) * torch.tensor([0.5, 1, 3, 8, 1, 30])[:, None]
+    p[4] = q[4] + 1e-3 * torch.randn(4096, generator=g)  # near-equal: distance ~ 0
+    q[5], p[5] = -1e4, -1e4
+    q[5, 0], p[5, 1] = 0.0, 0.0  # disjoint one-hots: JSD = ln 2, TVD = 1
+    d = step_distance(kind, q, p)
+    expected = fn(q[:, None].double(), p[:, None].double())[:, 0]
+    torch.testing.assert_close(d.double()[:5], expected[:5], atol=1e-5, rtol=1e-4)
+    if kind in ("jsd", "tvd"):
+        assert d[5].item() == pytest.approx({"jsd": math.log(2), "tvd": 1.0}[kind], abs=1e-6)
+    assert d[4].item() < (1e-3 if kind == "tvd" else 1e-5)  # TVD is first order in the difference
+    assert (d >= 0).all()
+    with pytest.raises(ValueError, match="unknown distance"):
+        step_distance("kl", q, p)
 
 
 def test_defaults_and_validation():

@@ -46,7 +46,9 @@ class Rollout:
     stats: dict = field(default_factory=dict)
     """teacher_fraction (float), switch_positions ((B,) long: first teacher position in the response, or
     -1), switched ((B,) bool, adaswitch only), teacher_forwards / student_forwards (forward calls),
-    new_tokens (response tokens incl. EOS), seconds (wall time)."""
+    new_tokens (response tokens incl. EOS), seconds (wall time), prefill_seconds and step_seconds (list,
+    one wall time per decoding step: what `benchmarks/bench_samplers.py` compares step by step; on CUDA
+    they are host times of asynchronous launches, only their sum is meaningful)."""
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -234,6 +236,8 @@ def _decode(policy: Sampler, student, teacher, prompt_ids, prompt_mask, *, max_n
 
     s = _CachedModel(student, prompt_ids, prompt_mask) if policy.uses_student else None
     t_model = _CachedModel(teacher, prompt_ids, prompt_mask) if policy.uses_teacher else None
+    tick = time.perf_counter()
+    laps = [tick - start]  # prefill, then one wall time per decoding step (host time: see Rollout.stats)
     t_logits_buf = None
     if keep_teacher_logits and t_model is not None:
         t_logits_buf = t_model.logits.new_empty((B, N, t_model.logits.shape[-1]))  # (B, N, Vt)
@@ -273,8 +277,14 @@ def _decode(policy: Sampler, student, teacher, prompt_ids, prompt_mask, *, max_n
             s.step(token, step_mask, step_pos)
         if t_model is not None:
             t_model.step(token, step_mask, step_pos)
+        now = time.perf_counter()
+        laps.append(now - tick)
+        tick = now
+    laps.append(time.perf_counter() - tick)  # the last step: draw and bookkeeping, no forward
 
-    return _finish(policy, ids, mask, response, from_teacher, t_logits_buf, P, n, s, t_model, start)
+    rollout = _finish(policy, ids, mask, response, from_teacher, t_logits_buf, P, n, s, t_model, start)
+    rollout.stats["prefill_seconds"], rollout.stats["step_seconds"] = laps[0], laps[1:]
+    return rollout
 
 
 def _finish(policy, ids, mask, response, from_teacher, t_logits, P, n, s, t_model, start) -> Rollout:
