@@ -28,6 +28,21 @@ def test_committed_without_outputs_and_with_one_parameters_cell(path):
         assert f"{name} =" in source, f"{path.name}: parameter {name!r} missing"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter(path):
+    """papermill parses the parameters cell line by line (`name = value  # comment`); a line it cannot
+    parse (an "=" inside the comment was one) makes it warn that a passed parameter is unknown."""
+    import ast
+
+    import papermill
+
+    nb = json.loads(Path(path).read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    assigned = {t.id for node in ast.parse("".join(cell["source"])).body if isinstance(node, ast.Assign)
+                for t in node.targets}
+    assert set(papermill.inspect_notebook(str(path))) == assigned
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes_at_smoke_settings(path, tmp_path):
