@@ -169,3 +169,26 @@ def save_claims(claims: list[str], out_dir, name: str = "claims") -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text("".join(f"- {c}\n" for c in claims))
+
+
+def robustness_claim(table: pd.DataFrame, what: str) -> str:
+    """A claim line for "the score does not depend on <what>": `table` has one row per setting with the
+    mean and std over seeds (`plots.mean_std`). Robust when the spread of the means is within twice the
+    seeds' average standard deviation."""
+    lo, hi, sd = table["mean"].min(), table["mean"].max(), table["std"].mean()
+    verdict = ("robust: the spread is within the seeds' spread" if hi - lo <= 2 * sd
+               else "NOT robust on this workload")
+    return (f"{what} robustness: mean score from {lo:.3f} to {hi:.3f} across {len(table)} settings of {what} "
+            f"(spread {hi - lo:.3f}); seed sd {sd:.3f} on average → {verdict}")
+
+
+def runtime_table(runs: pd.DataFrame, by: str = "setting", refs=("onpolicy", "skd")) -> pd.DataFrame:
+    """Seconds per step per method (rows) and `by` value (columns), mean over seeds, plus "<col> / <ref>"
+    ratio columns for each reference method present (a missing reference is skipped, not an error)."""
+    rt = runs.groupby([by, "method"], sort=False)["seconds_per_step"].mean().unstack(by)
+    present = list(rt.columns)
+    for ref in refs:
+        if ref in rt.index:
+            rt[[f"{c} / {ref}" for c in present]] = rt[present].div(rt.loc[ref, present])
+    return rt.reset_index()
+

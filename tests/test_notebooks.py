@@ -74,6 +74,33 @@ def test_score_table_has_mean_and_spread_per_set():
     assert t["summ/test sd"].isna().all() and t.loc["kd"].drop(["summ/test", "summ/test sd"]).notna().all()
 
 
+def test_robustness_claim_compares_the_spread_of_means_with_the_seeds():
+    import pandas as pd
+
+    from kdlib.notebook import robustness_claim
+
+    tight = pd.DataFrame({"mean": [0.50, 0.52, 0.51], "std": [0.02, 0.01, 0.03]})
+    assert robustness_claim(tight, "distance").endswith("robust: the spread is within the seeds' spread")
+    assert "from 0.500 to 0.520 across 3 settings of distance" in robustness_claim(tight, "distance")
+    wide = tight.assign(mean=[0.40, 0.52, 0.51])
+    assert robustness_claim(wide, "distance").endswith("NOT robust on this workload")
+
+
+def test_runtime_table_ratios_and_missing_reference():
+    import pandas as pd
+
+    from kdlib.notebook import runtime_table
+
+    runs = pd.DataFrame({"setting": ["a"] * 6 + ["b"] * 2,
+                         "method": ["onpolicy", "onpolicy", "skd", "skd", "ada", "ada", "onpolicy", "ada"],
+                         "seconds_per_step": [1.0, 3.0, 4.0, 4.0, 3.0, 3.0, 2.0, 1.0]})
+    rt = runtime_table(runs).set_index("method")
+    assert rt.loc["ada", "a"] == 3.0 and rt.loc["ada", "a / onpolicy"] == 1.5 and rt.loc["ada", "a / skd"] == 0.75
+    assert rt.loc["ada", "b / onpolicy"] == 0.5 and pd.isna(rt.loc["ada", "b / skd"])  # no SKD run in b
+    no_skd = runtime_table(runs[runs.method != "skd"])
+    assert not any("/ skd" in c for c in no_skd.columns) and "a / onpolicy" in no_skd.columns
+
+
 def test_claim_verdicts_follow_the_seed_spread():
     import pandas as pd
 
