@@ -192,3 +192,22 @@ def runtime_table(runs: pd.DataFrame, by: str = "setting", refs=("onpolicy", "sk
             rt[[f"{c} / {ref}" for c in present]] = rt[present].div(rt.loc[ref, present])
     return rt.reset_index()
 
+
+def quality_diversity_frame(configs: list[RunConfig], temperatures, *, n_rows: int,
+                            n_samples: int = 4) -> pd.DataFrame:
+    """GKD Fig. 4's points: for each trained run (trained first if not cached) and temperature, the mean
+    score of `n_samples` samples per test prompt (first `n_rows` prompts) and their mean self-BLEU; one row
+    per (run, temperature) with the run's divergence label and seed."""
+    from kdlib.evaluate import quality_and_diversity
+    from kdlib.experiments import load_rows, task_metric, trained_model
+
+    points = []
+    for cfg in configs:
+        model, tok = trained_model(cfg)
+        rows = load_rows(cfg, "test", n_rows, tok)
+        for t in temperatures:
+            qd = quality_and_diversity(model, tok, rows, metric=task_metric(cfg), temperature=t,
+                                       n_samples=n_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+            points.append({"divergence": divergence_label(cfg), "seed": cfg.seed, **qd})
+    return pd.DataFrame(points)
+
