@@ -56,6 +56,14 @@ def mean_std(df: pd.DataFrame, by: list[str], value: str = "score") -> pd.DataFr
     return g.agg(mean="mean", std="std", seeds="count").reset_index()
 
 
+def mean_std_wide(df: pd.DataFrame, by, values: list[str], sort: bool = True) -> pd.DataFrame:
+    """Per group, "<value>_mean" and "<value>_std" over its rows (the seeds) for each of `values`: flat
+    column names, one row per group, ready for save_table."""
+    table = df.groupby(by, sort=sort)[list(values)].agg(["mean", "std"])
+    table.columns = [f"{v}_{s}" for v, s in table.columns]
+    return table.reset_index()
+
+
 def bars(df: pd.DataFrame, x: str, y: str = "score", *, hue: str | None = None, col: str | None = None,
          ylabel: str = "score", title: str = "", order=None):
     """Bars of the mean of `y` per `x` (per `hue`, one panel per `col`), error bars one standard

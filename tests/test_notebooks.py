@@ -74,6 +74,18 @@ def test_score_table_has_mean_and_spread_per_set():
     assert t["summ/test sd"].isna().all() and t.loc["kd"].drop(["summ/test", "summ/test sd"]).notna().all()
 
 
+def test_mean_std_wide_has_flat_columns_per_group():
+    import pandas as pd
+
+    from kdlib.plots import mean_std_wide
+
+    df = pd.DataFrame({"k": [2, 2, 1, 1], "score": [0.1, 0.3, 0.5, 0.5], "frac": [1.0, 0.0, 0.2, 0.4]})
+    t = mean_std_wide(df, "k", ["score", "frac"])
+    assert list(t.columns) == ["k", "score_mean", "score_std", "frac_mean", "frac_std"]
+    assert list(t.k) == [1, 2] and list(mean_std_wide(df, "k", ["score"], sort=False).k) == [2, 1]
+    assert t.score_mean.tolist() == pytest.approx([0.5, 0.2]) and t.score_std.tolist() == pytest.approx([0.0, 0.1414], abs=1e-4)
+
+
 def test_robustness_claim_compares_the_spread_of_means_with_the_seeds():
     import pandas as pd
 
