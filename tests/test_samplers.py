@@ -359,6 +359,19 @@ def test_draw_tokens_matches_the_tempered_distribution():
     assert torch.equal(a, draw_tokens(logits[:50], torch.Generator().manual_seed(7)))
 
 
+def test_draw_from_log_probs_is_the_same_draw():
+    """The decoder hands draw_tokens log-probabilities (log_probs=True skips a softmax at temperature 1):
+    with the same generator state it must pick the same ids as from the raw logits, at every temperature
+    and filter."""
+    z = torch.randn(500, 300, generator=torch.Generator().manual_seed(1)) * 3 + 5  # unnormalised
+    log_p = z.log_softmax(-1)
+    for kw in ({}, {"temperature": 0.7}, {"top_k": 20}, {"top_p": 0.9}, {"temperature": 0.0}):
+        a = draw_tokens(z, torch.Generator().manual_seed(3), **kw)
+        b = draw_tokens(log_p, torch.Generator().manual_seed(3), log_probs=True, **kw)
+        assert (a == b).float().mean() > 0.99, kw  # equal up to a rare tie at a CDF boundary (rounding)
+        assert len(set(a.tolist())) > 50  # real draws, not one id
+
+
 @pytest.mark.parametrize("kind,fn", [("fkl", D.forward_kl), ("rkl", D.reverse_kl), ("jsd", D.jsd),
                                      ("tvd", D.tvd)])
 def test_step_distance_equals_the_divergences(kind, fn):
@@ -372,6 +385,9 @@ def test_step_distance_equals_the_divergences(kind, fn):
     q[5, 0], p[5, 1] = 0.0, 0.0  # disjoint one-hots: JSD = ln 2, TVD = 1
     d = step_distance(kind, q, p)
     expected = fn(q[:, None].double(), p[:, None].double())[:, 0]
+    # the decoder passes log-probabilities and skips the normalisation: same values
+    d_lp = step_distance(kind, q.log_softmax(-1), p.log_softmax(-1), log_probs=True)
+    torch.testing.assert_close(d_lp, d, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(d.double()[:5], expected[:5], atol=1e-5, rtol=1e-4)
     if kind in ("jsd", "tvd"):
         assert d[5].item() == pytest.approx({"jsd": math.log(2), "tvd": 1.0}[kind], abs=1e-6)

@@ -9,9 +9,10 @@ who emits the token. Layout of a rollout (the same as `kdlib.data`):
     response  False                 | True up to and including EOS   (from lengths, so pad == eos is fine)
 
 One step t (t counted from 0 inside the response):
-    q_t, p_t = student / teacher logits that predict column P+t      (B, V), untempered
+    q_t, p_t = student / teacher log-probabilities for column P+t    (B, V), untempered: one log_softmax
+                                                                     of both, shared by draw and rule
     y_s ~ q_t, y_t ~ p_t  (tempered; temperature 0 = argmax)         drawn from the explicit generator
-    emits = policy.decide(t, q_t, p_t, y_s)                          decisions use untempered logits
+    emits = policy.decide(t, q_t, p_t, y_s)                          decisions use untempered q_t, p_t
     token = where(emits, y_t, y_s); feed `token` to both caches      one forward per model per step
 
 Teacher and student logits may differ in width inside one tokenizer family (Qwen2.5: 152064 vs 151936):
@@ -56,11 +57,15 @@ class Rollout:
 
 
 def draw_tokens(logits: Tensor, generator: torch.Generator, temperature: float = 1.0,
-                top_p: float = 1.0, top_k: int = 0) -> Tensor:
+                top_p: float = 1.0, top_k: int = 0, *, log_probs: bool = False) -> Tensor:
     """One token id per row of `logits` (n, V): argmax if temperature == 0, else a draw from
-    softmax(logits / temperature), optionally restricted to the top_k ids and the top_p nucleus."""
+    softmax(logits / temperature), optionally restricted to the top_k ids and the top_p nucleus.
+    `log_probs=True` promises the rows are already log-probabilities (log_softmax output): the same draw,
+    one pass cheaper at temperature 1."""
     if temperature == 0:
         return logits.argmax(-1)
+    if log_probs and temperature == 1.0 and top_k == 0 and top_p == 1.0:
+        return _inverse_cdf(logits.float().exp(), generator)
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature
     if 0 < top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (n, 1)
@@ -70,14 +75,18 @@ def draw_tokens(logits: Tensor, generator: torch.Generator, temperature: float =
         probs = sorted_logits.softmax(-1)
         drop = probs.cumsum(-1) - probs > top_p  # mass before this id already exceeds top_p; keeps >= 1 id
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -torch.inf))
-    # Inverse-CDF draw: one uniform per row. torch.multinomial draws one exponential per vocabulary
-    # entry, which costs more than a small model's forward step on CPU.
-    cdf = logits.softmax(-1).cumsum(-1)  # (n, V); CPU accumulates in float64, so no drift over 150k ids
+    return _inverse_cdf(logits.softmax(-1), generator)
+
+
+def _inverse_cdf(probs: Tensor, generator: torch.Generator) -> Tensor:
+    """One id per row of `probs` (n, V), by inverse CDF: one uniform per row. torch.multinomial draws one
+    exponential per vocabulary entry, which costs more than a small model's forward step on CPU."""
+    cdf = probs.cumsum(-1)  # (n, V); CPU accumulates in float64, so no drift over 150k ids
     # drawn on the generator's own device (a CPU generator cannot fill a CUDA tensor), then moved
-    u = torch.rand((logits.shape[0], 1), generator=generator,
-                   device=generator.device if generator is not None else logits.device).to(logits.device)
+    u = torch.rand((probs.shape[0], 1), generator=generator,
+                   device=generator.device if generator is not None else probs.device).to(probs.device)
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # first id with cdf > u: never a p = 0 id
-    return token.clamp_(max=logits.shape[-1] - 1).squeeze(-1)  # (n,)
+    return token.clamp_(max=probs.shape[-1] - 1).squeeze(-1)  # (n,)
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:
@@ -134,7 +143,10 @@ class Sampler:
 
     def decide(self, t: int, student_logits: Tensor, teacher_logits: Tensor, student_token: Tensor,
                state) -> Tensor:
-        """(B,) bool: True where the teacher emits token t. Logits are untempered, float32, (B, V)."""
+        """(B,) bool: True where the teacher emits token t. `student_logits` and `teacher_logits` are the
+        untempered log-probabilities log q_t and log p_t (log_softmax over the shared id prefix, float32,
+        (B, V)), so a rule may skip its own normalisation (`step_distance(..., log_probs=True)`); any rule
+        written for raw logits still works on them, since softmax(log_softmax(z)) = softmax(z)."""
         raise NotImplementedError
 
     def student_still_needed(self, state, alive: Tensor) -> bool:
@@ -161,7 +173,8 @@ class Sampler:
         with _eval_mode(student, teacher), torch.no_grad():  # no_grad, not inference_mode: the rollout
             return _decode(self, student, teacher, prompt_ids, prompt_mask,  # feeds autograd later
                            max_new_tokens=max_new_tokens, eos=eos_token_id, pad=pad_token_id,
-                           draw=lambda x: draw_tokens(x, generator, temperature, top_p, top_k),
+                           draw=lambda x, lp=False: draw_tokens(x, generator, temperature, top_p, top_k,
+                                                                log_probs=lp),
                            keep_teacher_logits=return_teacher_logits)
 
     def __repr__(self):
@@ -253,10 +266,11 @@ def _decode(policy: Sampler, student, teacher, prompt_ids, prompt_mask, *, max_n
         elif t_model is None:  # student sampler: the teacher never runs
             token, emits = draw(s.logits), torch.zeros_like(alive)
         else:
-            q, p = s.logits[:, :width].float(), t_model.logits[:, :width].float()  # (B, V) untempered
-            y = draw(torch.cat([q, p]))  # one call draws both proposals, (2B,)
+            # one normalisation of both (2B, V) untempered rows serves the draw and the rule
+            log_qp = torch.cat([s.logits[:, :width], t_model.logits[:, :width]]).float().log_softmax(-1)
+            y = draw(log_qp, True)  # one call draws both proposals, (2B,)
             y_student, y_teacher = y[:B], y[B:]
-            emits = policy.decide(t, q, p, y_student, state)
+            emits = policy.decide(t, log_qp[:B], log_qp[B:], y_student, state)
             token = torch.where(emits, y_teacher, y_student)
         token = torch.where(alive, token, pad)
         ids[:, P + t] = token

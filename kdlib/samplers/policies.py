@@ -14,7 +14,8 @@ from kdlib.samplers.decoder import Sampler
 Tensor = torch.Tensor
 
 
-def step_distance(kind: str, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+def step_distance(kind: str, student_logits: Tensor, teacher_logits: Tensor, *,
+                  log_probs: bool = False) -> Tensor:
     """Per-row distance between p = softmax(teacher_logits) and q = softmax(student_logits), (B, V) → (B,).
 
         fkl  KL(p‖q) = Σ p (log p − log q)
@@ -25,15 +26,18 @@ def step_distance(kind: str, student_logits: Tensor, teacher_logits: Tensor) -> 
     The same values as `kdlib.divergences` at one position (to ~1e-5 absolute in float32; tested), written
     with few full-width passes because this runs once per decoding step (log_softmax + exp instead of
     softmax + logsumexp: about 30 % less time at V = 4096); logits must be finite (a causal LM's are). No
-    chunking or autograd: the input is one (B, V) block and sampling needs no gradient."""
+    chunking or autograd: the input is one (B, V) block and sampling needs no gradient. `log_probs=True`
+    promises both inputs are log-probabilities already (what the decoder passes a rule) and skips the
+    normalisation."""
+    norm = (lambda z: z) if log_probs else (lambda z: z.log_softmax(-1))
     if kind == "tvd":
-        return 0.5 * (teacher_logits.softmax(-1) - student_logits.softmax(-1)).abs().sum(-1)
+        return 0.5 * (norm(teacher_logits).exp() - norm(student_logits).exp()).abs().sum(-1)
     if kind == "fkl":
-        return _kl(teacher_logits, student_logits)
+        return _kl(norm(teacher_logits), norm(student_logits))
     if kind == "rkl":
-        return _kl(student_logits, teacher_logits)
+        return _kl(norm(student_logits), norm(teacher_logits))
     if kind == "jsd":
-        log_p, log_q = teacher_logits.log_softmax(-1), student_logits.log_softmax(-1)
+        log_p, log_q = norm(teacher_logits), norm(student_logits)
         p, q = log_p.exp(), log_q.exp()
         s = p + q
         log_s = s.clamp_min(torch.finfo(s.dtype).tiny).log()  # 0·log 0 = 0 where both vanish
@@ -42,10 +46,9 @@ def step_distance(kind: str, student_logits: Tensor, teacher_logits: Tensor) -> 
     raise ValueError(f"unknown distance {kind!r}")
 
 
-def _kl(za: Tensor, zb: Tensor) -> Tensor:
-    """KL(softmax(za) ‖ softmax(zb)) per row."""
-    log_a = za.log_softmax(-1)
-    return torch.linalg.vecdot(log_a.exp(), log_a - zb.log_softmax(-1)).clamp_min(0)  # no -1e-7 from rounding
+def _kl(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """KL(a ‖ b) per row from log-probabilities."""
+    return torch.linalg.vecdot(log_a.exp(), log_a - log_b).clamp_min(0)  # no -1e-7 from rounding
 
 
 class StudentSampler(Sampler):
@@ -104,7 +107,7 @@ class SwitchSampler(Sampler):
         return self.tau0
 
     def decide(self, t, student_logits, teacher_logits, student_token, state):
-        return step_distance("jsd", student_logits, teacher_logits) > self.threshold(t)
+        return step_distance("jsd", student_logits, teacher_logits, log_probs=True) > self.threshold(t)
 
 
 class AdaSwitchSampler(Sampler):
@@ -123,7 +126,7 @@ class AdaSwitchSampler(Sampler):
                 "recent": torch.zeros(batch_size, self.window, device=device)}  # ring buffer of d
 
     def decide(self, t, student_logits, teacher_logits, student_token, state):
-        d = step_distance(self.distance, student_logits, teacher_logits)  # (B,)
+        d = step_distance(self.distance, student_logits, teacher_logits, log_probs=True)  # (B,)
         if t >= self.window:
             state["switched"] = state["switched"] | (d > self.k * state["recent"].mean(1))
         state["recent"][:, t % self.window] = d  # rows that switched no longer read it
