@@ -211,3 +211,38 @@ def quality_diversity_frame(configs: list[RunConfig], temperatures, *, n_rows: i
             points.append({"divergence": divergence_label(cfg), "seed": cfg.seed, **qd})
     return pd.DataFrame(points)
 
+
+
+def finished_runs() -> set:
+    """Hashes of the runs whose result is in the cache (`.cache/kdlib/runs/<hash>/result.json`)."""
+    from kdlib.workload import cache_root
+
+    return {p.parent.name for p in (cache_root() / "runs").glob("*/result.json")}
+
+
+class Stopwatch:
+    """How long a notebook took and how much of it was training: started in the first cell, `save` in the
+    last writes `<out_dir>/<name>.md` (wall minutes, runs trained vs read from the cache, date, cores), so
+    the README quotes a recorded time, and says whether the cache was cold."""
+
+    def __init__(self):
+        import time
+
+        self.start, self.runs_before = time.time(), finished_runs()
+
+    def save(self, out_dir, name: str = "time", used: int | None = None) -> str:
+        import os
+        import time
+        from pathlib import Path
+
+        minutes = (time.time() - self.start) / 60
+        trained = len(finished_runs() - self.runs_before)
+        line = (f"{minutes:.1f} min wall on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU core(s): "
+                f"{trained} run(s) trained (teacher, SFT warm-ups and methods)"
+                + (f" of the {used} this notebook reads" if used is not None else "")
+                + ("; nothing was cached before (cold)" if not self.runs_before else
+                   f"; {len(self.runs_before)} run(s) were in the cache before"))
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.md").write_text(line + "\n")
+        return line

@@ -113,9 +113,9 @@ def main(argv=None) -> int:
 
 
 def _finished_runs() -> set:
-    from kdlib.workload import cache_root
+    from kdlib.notebook import finished_runs
 
-    return {p.parent.name for p in (cache_root() / "runs").glob("*/result.json")}
+    return finished_runs()
 
 
 def _write_times(seconds: dict, wall: float, jobs: int, trained: int) -> None:

@@ -124,3 +124,22 @@ def test_claim_verdicts_follow_the_seed_spread():
     noisy = pd.DataFrame({"m": ["a"] * 3 + ["b"] * 3, "score": [0.5, 0.3, 0.51, 0.4, 0.6, 0.39]})
     assert "NOT SEPARATED" in claim(noisy, "m", "a", "b")
     assert "one seed" in claim(clear.iloc[[0, 3]], "m", "a", "b")
+
+
+def test_stopwatch_counts_the_runs_trained_while_it_ran(tmp_path, monkeypatch):
+    from kdlib import notebook as knb
+
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
+    runs = tmp_path / "cache" / "runs"
+    (runs / "old").mkdir(parents=True)
+    (runs / "old" / "result.json").write_text("{}")
+    watch = knb.Stopwatch()
+    for h in ("a", "b"):
+        (runs / h).mkdir()
+        (runs / h / "result.json").write_text("{}")
+    (runs / "c").mkdir()  # an interrupted run: no result, not counted
+    line = watch.save(tmp_path / "out", used=3)
+    assert "2 run(s) trained" in line and "of the 3" in line and "1 run(s) were in the cache" in line
+    assert (tmp_path / "out" / "time.md").read_text().strip() == line
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "empty"))
+    assert "cold" in knb.Stopwatch().save(tmp_path / "out")
