@@ -193,6 +193,15 @@ def runtime_table(runs: pd.DataFrame, by: str = "setting", refs=("onpolicy", "sk
     return rt.reset_index()
 
 
+def relative_to(runs: pd.DataFrame, ref: str, value: str = "seconds_per_step", by: str = "setting") -> pd.DataFrame:
+    """`runs` (one row per run) with a "relative" column: each run's `value` over the mean `value` of the
+    `ref` method's runs in the same `by` group (what the runtime figure plots per seed). Groups without a
+    `ref` run are dropped; an empty frame if `ref` never ran."""
+    mean_ref = runs[runs.method == ref].groupby(by)[value].mean().rename("_ref")
+    out = runs.join(mean_ref, on=by, how="inner")  # keeps the rows' order
+    return out.assign(relative=out[value] / out["_ref"]).drop(columns="_ref")
+
+
 def quality_diversity_frame(configs: list[RunConfig], temperatures, *, n_rows: int,
                             n_samples: int = 4) -> pd.DataFrame:
     """GKD Fig. 4's points: for each trained run (trained first if not cached) and temperature, the mean

@@ -143,3 +143,16 @@ def test_stopwatch_counts_the_runs_trained_while_it_ran(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "time.md").read_text().strip() == line
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "empty"))
     assert "cold" in knb.Stopwatch().save(tmp_path / "out")
+
+
+def test_relative_to_divides_by_the_reference_mean_of_the_same_group():
+    import pandas as pd
+
+    from kdlib.notebook import relative_to
+
+    runs = pd.DataFrame({"setting": ["a", "a", "a", "b", "b", "c"],
+                         "method": ["onpolicy", "onpolicy", "skd", "onpolicy", "skd", "skd"],
+                         "seconds_per_step": [1.0, 3.0, 4.0, 0.5, 1.0, 9.0]})
+    out = relative_to(runs, "onpolicy")
+    assert list(out.relative) == [0.5, 1.5, 2.0, 1.0, 2.0]  # a: / 2.0, b: / 0.5; c has no on-policy run
+    assert relative_to(runs, "kd").empty
