@@ -5,6 +5,9 @@ Notebooks set parameters and call these; no training logic lives in a cell.
 from __future__ import annotations
 
 import itertools
+import os
+import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -221,7 +224,6 @@ def quality_diversity_frame(configs: list[RunConfig], temperatures, *, n_rows: i
     return pd.DataFrame(points)
 
 
-
 def finished_runs() -> set:
     """Hashes of the runs whose result is in the cache (`.cache/kdlib/runs/<hash>/result.json`)."""
     from kdlib.workload import cache_root
@@ -235,20 +237,13 @@ class Stopwatch:
     the README quotes a recorded time, and says whether the cache was cold."""
 
     def __init__(self):
-        import time
-
         self.start, self.runs_before = time.time(), finished_runs()
 
-    def save(self, out_dir, name: str = "time", used: int | None = None) -> str:
-        import os
-        import time
-        from pathlib import Path
-
+    def save(self, out_dir, name: str = "time") -> str:
         minutes = (time.time() - self.start) / 60
         trained = len(finished_runs() - self.runs_before)
         line = (f"{minutes:.1f} min wall on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU core(s): "
                 f"{trained} run(s) trained (teacher, SFT warm-ups and methods)"
-                + (f" of the {used} this notebook reads" if used is not None else "")
                 + ("; nothing was cached before (cold)" if not self.runs_before else
                    f"; {len(self.runs_before)} run(s) were in the cache before"))
         out = Path(out_dir)

@@ -66,10 +66,12 @@ def main(argv=None) -> int:
 
         paper.dry_run()
         return 0
+    from kdlib.notebook import finished_runs  # what the cache held before, to count the runs trained
+
     jobs = args.jobs or (min(2, os.cpu_count() or 1) if args.profile == "embedded" and not args.smoke else 1)
     executed = ROOT / ".cache" / "executed"
     t0 = time.time()
-    runs_before = _finished_runs()
+    runs_before = finished_runs()
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="kdlib-smoke-") as tmp:
         env = {}
@@ -108,14 +110,8 @@ def main(argv=None) -> int:
     wall = time.time() - t0
     print(f"[reproduce] all notebooks done in {wall:.0f} s ({wall / 60:.1f} min wall, {jobs} at a time)")
     if args.profile == "embedded" and not args.smoke and not args.only:
-        _write_times(seconds, wall, jobs, len(_finished_runs() - runs_before))
+        _write_times(seconds, wall, jobs, len(finished_runs() - runs_before))
     return 0
-
-
-def _finished_runs() -> set:
-    from kdlib.notebook import finished_runs
-
-    return finished_runs()
 
 
 def _write_times(seconds: dict, wall: float, jobs: int, trained: int) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Optional, Sequence, Union
 
 import torch
@@ -173,8 +174,8 @@ class Sampler:
         with _eval_mode(student, teacher), torch.no_grad():  # no_grad, not inference_mode: the rollout
             return _decode(self, student, teacher, prompt_ids, prompt_mask,  # feeds autograd later
                            max_new_tokens=max_new_tokens, eos=eos_token_id, pad=pad_token_id,
-                           draw=lambda x, lp=False: draw_tokens(x, generator, temperature, top_p, top_k,
-                                                                log_probs=lp),
+                           draw=partial(draw_tokens, generator=generator, temperature=temperature,
+                                        top_p=top_p, top_k=top_k),
                            keep_teacher_logits=return_teacher_logits)
 
     def __repr__(self):
@@ -268,7 +269,7 @@ def _decode(policy: Sampler, student, teacher, prompt_ids, prompt_mask, *, max_n
         else:
             # one normalisation of both (2B, V) untempered rows serves the draw and the rule
             log_qp = torch.cat([s.logits[:, :width], t_model.logits[:, :width]]).float().log_softmax(-1)
-            y = draw(log_qp, True)  # one call draws both proposals, (2B,)
+            y = draw(log_qp, log_probs=True)  # one call draws both proposals, (2B,)
             y_student, y_teacher = y[:B], y[B:]
             emits = policy.decide(t, log_qp[:B], log_qp[B:], y_student, state)
             token = torch.where(emits, y_teacher, y_student)
