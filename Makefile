@@ -49,6 +49,7 @@ bench: setup
 	$(PY) benchmarks/bench_divergences.py
 	$(PY) benchmarks/bench_samplers.py
 	$(PY) benchmarks/bench_methods.py
+	$(PY) benchmarks/bench_memory.py
 
 clean:
 	rm -rf .cache

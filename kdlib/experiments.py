@@ -19,7 +19,7 @@ import torch
 
 from kdlib import checkpoints, workload
 from kdlib.config import RunConfig
-from kdlib.models import EMBEDDED_SIZES, build_llama, load_model, n_params, pick_device_dtype
+from kdlib.models import EMBEDDED_SIZES, build_llama, keep_freed_memory, load_model, n_params, pick_device_dtype
 from kdlib.sources import build_source
 from kdlib.train import Trainer
 
@@ -140,6 +140,7 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
 
     t0 = time.time()
     _quiet_libraries()
+    keep_freed_memory()
     device, dtype = pick_device_dtype(cfg.dtype)
     tok = resolve_tokenizer(cfg)
     teacher = None
@@ -228,6 +229,7 @@ def score_model(cfg: RunConfig, model_path: str, *, out_dir=None, progress: bool
     evaluation splits, as a run's final evaluation does: {split: score}. Predictions and the scores go to
     `out_dir` (default: <model_path>/eval when it is a directory)."""
     _quiet_libraries()
+    keep_freed_memory()
     device, dtype = pick_device_dtype(cfg.dtype)
     tok = resolve_tokenizer(cfg)
     model = load_model(model_path, device=device, dtype=dtype)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from kdlib import divergences
 from kdlib.config import RunConfig
 from kdlib.data import SequenceBatch, position_ids
+from kdlib.models import keep_freed_memory
 from kdlib.sources import Source, StepContext
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class Trainer:
         from accelerate import Accelerator
 
         self.cfg, self.tokenizer, self.source, self.progress = cfg, tokenizer, source, progress
+        keep_freed_memory()  # CPU: tensors reuse mapped heap memory instead of faulting it in every step
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log_with = list(log_with or cfg.report_to) or None  # tracker names or GeneralTracker objects

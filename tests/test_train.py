@@ -295,3 +295,39 @@ def test_metrics_reach_accelerate_trackers_and_csv(tokenizer, arith_rows, tmp_pa
     assert all(math.isfinite(v["loss"]) for _, v in mem.rows)
     csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].startswith("step,loss") and len(csv_lines) == 4
+
+
+_FAULTS = """
+import resource, torch
+from kdlib.models import keep_freed_memory
+on = keep_freed_memory()
+def cycle():  # a forward pass in miniature: 8 MiB activations pile up, then are all freed
+    xs = [torch.ones(2 ** 21) for _ in range(8)]
+    del xs
+cycle()
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    cycle()
+print(int(on), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+"""
+
+
+def test_kept_freed_memory_stops_refaulting_memory_freed_by_the_last_pass():
+    import os
+    import subprocess
+    import sys
+
+    def faults(keep: str) -> tuple[int, int]:
+        out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True,
+                             env={**os.environ, "KDLIB_KEEP_FREED_MEMORY": keep, "OMP_NUM_THREADS": "1"})
+        on, n = out.stdout.split()
+        return int(on), int(n)
+
+    on, kept = faults("1")
+    if not on:
+        pytest.skip("not glibc: mallopt is not available")
+    off_flag, returned = faults("0")
+    assert off_flag == 0
+    # glibc's default returns the freed top of the heap to the kernel: every cycle faults pages in again
+    assert returned >= 10 * 1024
+    assert kept <= 2048  # at most one tensor's pages, once: then the freed heap is reused as it is
