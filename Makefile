@@ -11,7 +11,8 @@ TORCH_CPU := torch==2.13.0
 .PHONY: setup test smoke reproduce bench clean help
 
 help:
-	@echo "make reproduce   run every notebook (PROFILE=embedded|paper, DRY_RUN=1 to list paper runs)"
+	@echo "make reproduce   run every notebook (PROFILE=embedded|paper, DRY_RUN=1 to list paper runs;"
+	@echo "                 KDLIB_SHIPPED=0 trains the teachers shipped in kdlib/shipped/ too)"
 	@echo "make test        unit tests + every notebook at smallest settings (smoke)"
 	@echo "make bench       speed and memory ratios, measured side by side"
 	@echo "make clean       remove cached models, data and runs (.cache/)"

@@ -121,8 +121,22 @@ def run_dir(cfg: RunConfig) -> Path:
     return workload.cache_root() / "runs" / cfg.hash()
 
 
+# Finished runs that come with kdlib, by config hash (model/ and result.json, as in the cache): the
+# embedded arith teacher, so that a fresh clone's quickstart does not start with its 1 200 training steps.
+# KDLIB_SHIPPED=0 ignores them (a fully cold run trains everything).
+SHIPPED = Path(__file__).resolve().parent / "shipped"
+
+
+def shipped_run(cfg: RunConfig) -> Path | None:
+    """The shipped copy of `cfg`'s finished run, or None."""
+    d = SHIPPED / cfg.hash()
+    if os.environ.get("KDLIB_SHIPPED", "1") == "0" or not (d / "result.json").exists():
+        return None
+    return d
+
+
 def run(cfg: RunConfig, *, progress: bool = True, teacher_cfg: RunConfig | None = None) -> dict:
-    """Train and evaluate `cfg` (or read its cached result). Returns the result row."""
+    """Train and evaluate `cfg` (or read its cached or shipped result). Returns the result row."""
     d = run_dir(cfg)
     if (d / "result.json").exists():
         return json.loads((d / "result.json").read_text())
@@ -131,7 +145,56 @@ def run(cfg: RunConfig, *, progress: bool = True, teacher_cfg: RunConfig | None 
     with workload.locked(d.with_name(d.name + ".lock")):  # another process may be running this config
         if (d / "result.json").exists():
             return json.loads((d / "result.json").read_text())
+        if (shipped := shipped_run(cfg)) is not None:
+            return _install_shipped(shipped, d)
         return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
+
+
+def stale_shipped_runs() -> list[str]:
+    """Shipped runs that no current recipe would read (a teacher recipe changed since), each with why."""
+    stale = []
+    for d in sorted(p for p in SHIPPED.glob("*") if p.is_dir()):
+        try:
+            result = json.loads((d / "result.json").read_text())
+            current = teacher_recipe(result["task"], result["student"], result["steps"]).hash()
+        except (OSError, ValueError, KeyError) as e:
+            stale.append(f"{d}: unreadable result.json ({e})")
+            continue
+        if not (d / "model" / "model.safetensors").exists():
+            stale.append(f"{d}: no model/model.safetensors")
+        elif d.name != current:
+            stale.append(f"{d}: teacher_recipe({result['task']!r}) now hashes to {current}; "
+                         f"retrain it and ship_run it, or delete this copy")
+    return stale
+
+
+def ship_run(cfg: RunConfig) -> Path:
+    """Copy `cfg`'s finished run from the cache into kdlib's shipped runs (its model and result.json; no
+    checkpoints, no predictions): what a maintainer does after retraining a shipped teacher."""
+    d = run_dir(cfg)
+    if not (d / "result.json").exists():
+        raise FileNotFoundError(f"{d}: no finished run of {cfg.method} {cfg.task} ({cfg.hash()}) to ship; "
+                                f"run it first (kdlib.experiments.run)")
+    out = SHIPPED / cfg.hash()
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(d / "model", out / "model")
+    result = json.loads((d / "result.json").read_text())
+    result.pop("shipped", None)
+    _write_json(out / "result.json", result)
+    return out
+
+
+def _install_shipped(shipped: Path, d: Path) -> dict:
+    """Copy a shipped run into the cache: the model first, result.json (the mark of a finished run) last."""
+    log.info("%s: using the run shipped with kdlib (%s); KDLIB_SHIPPED=0 trains it instead", d.name, shipped)
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(d / "model.tmp", ignore_errors=True)
+    shutil.copytree(shipped / "model", d / "model.tmp")
+    shutil.rmtree(d / "model", ignore_errors=True)
+    (d / "model.tmp").replace(d / "model")
+    result = json.loads((shipped / "result.json").read_text())
+    _write_json(d / "result.json", {**result, "shipped": True})
+    return json.loads((d / "result.json").read_text())
 
 
 def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> dict:

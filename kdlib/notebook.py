@@ -5,6 +5,7 @@ Notebooks set parameters and call these; no training logic lives in a cell.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 from pathlib import Path
@@ -231,6 +232,14 @@ def finished_runs() -> set:
     return {p.parent.name for p in (cache_root() / "runs").glob("*/result.json")}
 
 
+def shipped_among(hashes) -> set:
+    """Those of `hashes` whose cached result was copied from kdlib's shipped runs, not trained here."""
+    from kdlib.workload import cache_root
+
+    runs = cache_root() / "runs"
+    return {h for h in hashes if json.loads((runs / h / "result.json").read_text()).get("shipped")}
+
+
 class Stopwatch:
     """How long a notebook took and how much of it was training: started in the first cell, `save` in the
     last writes `<out_dir>/<name>.md` (wall minutes, runs trained vs read from the cache, date, cores), so
@@ -241,9 +250,11 @@ class Stopwatch:
 
     def save(self, out_dir, name: str = "time") -> str:
         minutes = (time.time() - self.start) / 60
-        trained = len(finished_runs() - self.runs_before)
+        new = finished_runs() - self.runs_before
+        shipped = shipped_among(new)
         line = (f"{minutes:.1f} min wall on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU core(s): "
-                f"{trained} run(s) trained (teacher, SFT warm-ups and methods)"
+                f"{len(new - shipped)} run(s) trained (teacher, SFT warm-ups and methods)"
+                + (f", {len(shipped)} copied from kdlib's shipped runs (the teacher)" if shipped else "")
                 + ("; nothing was cached before (cold)" if not self.runs_before else
                    f"; {len(self.runs_before)} run(s) were in the cache before"))
         out = Path(out_dir)

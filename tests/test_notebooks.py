@@ -138,8 +138,11 @@ def test_stopwatch_counts_the_runs_trained_while_it_ran(tmp_path, monkeypatch):
         (runs / h).mkdir()
         (runs / h / "result.json").write_text("{}")
     (runs / "c").mkdir()  # an interrupted run: no result, not counted
+    (runs / "t").mkdir()  # copied from kdlib's shipped runs: not trained here
+    (runs / "t" / "result.json").write_text('{"shipped": true}')
     line = watch.save(tmp_path / "out")
     assert "2 run(s) trained" in line and "1 run(s) were in the cache" in line
+    assert "1 copied from kdlib's shipped runs" in line
     assert (tmp_path / "out" / "time.md").read_text().strip() == line
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "empty"))
     assert "cold" in knb.Stopwatch().save(tmp_path / "out")

@@ -331,3 +331,74 @@ def test_kept_freed_memory_stops_refaulting_memory_freed_by_the_last_pass():
     # glibc's default returns the freed top of the heap to the kernel: every cycle faults pages in again
     assert returned >= 10 * 1024
     assert kept <= 2048  # at most one tensor's pages, once: then the freed heap is reused as it is
+
+
+def test_a_shipped_run_fills_an_empty_cache_without_training(tmp_path, monkeypatch):
+    import json
+
+    from kdlib import experiments
+
+    cfg = experiments.teacher_recipe("arith", "tiny", steps=3)
+    shipped = tmp_path / "shipped" / cfg.hash()
+    (shipped / "model").mkdir(parents=True)
+    (shipped / "model" / "config.json").write_text("{}")
+    (shipped / "result.json").write_text(json.dumps({"hash": cfg.hash(), "score": 0.5}))
+    monkeypatch.setattr(experiments, "SHIPPED", tmp_path / "shipped")
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
+
+    def no_training(*a, **k):
+        raise AssertionError("trained a run that is shipped")
+
+    monkeypatch.setattr(experiments, "_run_uncached", no_training)
+    result = experiments.run(cfg)
+    assert result["score"] == 0.5 and result["shipped"] is True
+    d = experiments.run_dir(cfg)
+    assert (d / "model" / "config.json").exists() and json.loads((d / "result.json").read_text())["shipped"]
+    # KDLIB_SHIPPED=0: a fully cold run trains it (in a fresh cache)
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cold"))
+    monkeypatch.setenv("KDLIB_SHIPPED", "0")
+    with pytest.raises(AssertionError, match="trained a run that is shipped"):
+        experiments.run(cfg)
+
+
+def test_no_shipped_run_is_stale_and_a_stale_one_is_named(tmp_path, monkeypatch):
+    """A changed teacher recipe must ship its new teacher (or drop the old one): a stale copy would sit
+    unused while a fresh clone trains the teacher again."""
+    import json
+
+    from kdlib import experiments
+
+    assert experiments.stale_shipped_runs() == []
+    monkeypatch.setattr(experiments, "SHIPPED", tmp_path)
+    cfg = experiments.teacher_recipe("arith", "tiny", steps=3)
+    for name, steps in (("current", 3), ("old", 4)):
+        d = tmp_path / (cfg.hash() if name == "current" else "0123456789ab")
+        (d / "model").mkdir(parents=True)
+        (d / "model" / "model.safetensors").write_bytes(b"w")
+        (d / "result.json").write_text(json.dumps({"task": "arith", "student": "tiny", "steps": steps}))
+    (tmp_path / "broken").mkdir()
+    stale = experiments.stale_shipped_runs()
+    assert len(stale) == 2
+    assert "0123456789ab: teacher_recipe('arith') now hashes to" in stale[0] and "broken: unreadable" in stale[1]
+
+
+def test_ship_run_copies_a_finished_run_that_run_then_installs(tmp_path, monkeypatch):
+    import json
+
+    from kdlib import experiments
+
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(experiments, "SHIPPED", tmp_path / "shipped")
+    cfg = experiments.teacher_recipe("arith", "tiny", steps=3)
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        experiments.ship_run(cfg)
+    d = experiments.run_dir(cfg)
+    (d / "model").mkdir(parents=True)
+    (d / "model" / "model.safetensors").write_bytes(b"w" * 10)
+    (d / "checkpoints").mkdir()
+    (d / "result.json").write_text(json.dumps({"hash": cfg.hash(), "score": 0.25}))
+    out = experiments.ship_run(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["model", "result.json"]  # no checkpoints
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "fresh"))  # a fresh clone: empty cache
+    assert experiments.run(cfg) == {"hash": cfg.hash(), "score": 0.25, "shipped": True}
+    assert (experiments.run_dir(cfg) / "model" / "model.safetensors").read_bytes() == b"w" * 10
