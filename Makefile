@@ -12,7 +12,7 @@ TORCH_CPU := torch==2.13.0
 
 help:
 	@echo "make reproduce   run every notebook (PROFILE=embedded|paper, DRY_RUN=1 to list paper runs;"
-	@echo "                 KDLIB_SHIPPED=0 trains the teachers shipped in kdlib/shipped/ too)"
+	@echo "                 KDLIB_SHIPPED=0 with an empty cache: train the shipped teachers too)"
 	@echo "make test        unit tests + every notebook at smallest settings (smoke)"
 	@echo "make bench       speed and memory ratios, measured side by side"
 	@echo "make clean       remove cached models, data and runs (.cache/)"

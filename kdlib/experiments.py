@@ -130,7 +130,8 @@ SHIPPED = Path(__file__).resolve().parent / "shipped"
 def shipped_run(cfg: RunConfig) -> Path | None:
     """The shipped copy of `cfg`'s finished run, or None."""
     d = SHIPPED / cfg.hash()
-    if os.environ.get("KDLIB_SHIPPED", "1") == "0" or not (d / "result.json").exists():
+    if os.environ.get("KDLIB_SHIPPED", "1") == "0" or not (d / "result.json").exists() \
+            or not (d / "model" / "model.safetensors").exists():
         return None
     return d
 
@@ -140,12 +141,13 @@ def run(cfg: RunConfig, *, progress: bool = True, teacher_cfg: RunConfig | None 
     d = run_dir(cfg)
     if (d / "result.json").exists():
         return json.loads((d / "result.json").read_text())
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the ranks of one launch train this run together
+    shipped = shipped_run(cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and shipped is None:  # the ranks of one launch train it together
         return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
     with workload.locked(d.with_name(d.name + ".lock")):  # another process may be running this config
         if (d / "result.json").exists():
             return json.loads((d / "result.json").read_text())
-        if (shipped := shipped_run(cfg)) is not None:
+        if shipped is not None:
             return _install_shipped(shipped, d)
         return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
 
@@ -156,7 +158,7 @@ def stale_shipped_runs() -> list[str]:
     for d in sorted(p for p in SHIPPED.glob("*") if p.is_dir()):
         try:
             result = json.loads((d / "result.json").read_text())
-            current = teacher_recipe(result["task"], result["student"], result["steps"]).hash()
+            current = teacher_recipe(result["task"], result["student"]).hash()  # what teacher_config asks for
         except (OSError, ValueError, KeyError) as e:
             stale.append(f"{d}: unreadable result.json ({e})")
             continue
@@ -175,6 +177,8 @@ def ship_run(cfg: RunConfig) -> Path:
     if not (d / "result.json").exists():
         raise FileNotFoundError(f"{d}: no finished run of {cfg.method} {cfg.task} ({cfg.hash()}) to ship; "
                                 f"run it first (kdlib.experiments.run)")
+    if not (d / "model" / "model.safetensors").exists():
+        raise FileNotFoundError(f"{d / 'model'}: no model.safetensors to ship")
     out = SHIPPED / cfg.hash()
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(d / "model", out / "model")
