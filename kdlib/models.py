@@ -105,10 +105,11 @@ _kept_freed_memory: bool | None = None
 def keep_freed_memory() -> bool:
     """Let glibc keep freed blocks for reuse instead of handing them back to the kernel.
 
-    By default every CPU tensor over 128 KiB-32 MiB is an mmap of its own, returned to the kernel when it
-    is freed, so the next forward pass faults the same memory in again, page by page (an embedded
-    teacher forward: ~32 000 page faults). With mmap up to 32 MiB off and trimming off, those tensors
-    reuse heap memory that is already mapped; the process keeps its peak heap size. No effect where the
+    By default glibc gives large freed blocks back to the kernel: a block over its mmap threshold (128 KiB,
+    rising with use up to 32 MiB) is an mmap of its own, and the free top of the heap is trimmed. So the
+    next forward pass faults the same memory in again, page by page (an embedded teacher forward: ~32 000
+    page faults). With mmap up to 32 MiB off and trimming off, tensors reuse heap memory that is already
+    mapped; the process keeps its peak heap size. No effect where the
     C library is not glibc; KDLIB_KEEP_FREED_MEMORY=0 turns it off. Returns whether it is in effect."""
     global _kept_freed_memory
     if _kept_freed_memory is None:
