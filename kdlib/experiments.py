@@ -192,13 +192,19 @@ def _install_shipped(shipped: Path, d: Path) -> dict:
     """Copy a shipped run into the cache: the model first, result.json (the mark of a finished run) last."""
     log.info("%s: using the run shipped with kdlib (%s); KDLIB_SHIPPED=0 trains it instead", d.name, shipped)
     d.mkdir(parents=True, exist_ok=True)
+    _replace_model_dir(d, lambda tmp: shutil.copytree(shipped / "model", tmp))
+    result = {**json.loads((shipped / "result.json").read_text()), "shipped": True}
+    _write_json(d / "result.json", result)
+    return result
+
+
+def _replace_model_dir(d: Path, write) -> None:
+    """Write `d`/model atomically: `write(tmp)` fills `d`/model.tmp, which then takes model's place, so an
+    interruption never leaves a half-written model under the name later runs load."""
     shutil.rmtree(d / "model.tmp", ignore_errors=True)
-    shutil.copytree(shipped / "model", d / "model.tmp")
+    write(d / "model.tmp")
     shutil.rmtree(d / "model", ignore_errors=True)
     (d / "model.tmp").replace(d / "model")
-    result = json.loads((shipped / "result.json").read_text())
-    _write_json(d / "result.json", {**result, "shipped": True})
-    return json.loads((d / "result.json").read_text())
 
 
 def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> dict:
@@ -267,10 +273,7 @@ def _save_and_score(cfg: RunConfig, d: Path, trainer: Trainer, tok, t0: float, d
     model = trainer.acc.unwrap_model(trainer.student)
     if cfg.lora_rank:
         model = model.merge_and_unload()  # a plain model: evaluation and later runs load it as usual
-    shutil.rmtree(d / "model.tmp", ignore_errors=True)
-    model.save_pretrained(d / "model.tmp")
-    shutil.rmtree(d / "model", ignore_errors=True)
-    (d / "model.tmp").replace(d / "model")
+    _replace_model_dir(d, model.save_pretrained)
     scores = score_splits(cfg, model, tok, d, progress)
     result = {
         "hash": cfg.hash(), **cfg.to_dict(), **{f"resolved_{k}": v for k, v in r.items()},
