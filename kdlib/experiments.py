@@ -121,9 +121,9 @@ def run_dir(cfg: RunConfig) -> Path:
     return workload.cache_root() / "runs" / cfg.hash()
 
 
-# Finished runs that come with kdlib, by config hash (model/ and result.json, as in the cache), meant for
-# the embedded arith teacher, so that a fresh clone's quickstart does not start with its 1 200 training
-# steps (not shipped yet: see kdlib/shipped/README.md). KDLIB_SHIPPED=0 ignores them (trains everything).
+# Finished runs that come with kdlib, by config hash (model/ and result.json, as in the cache): the
+# embedded arith teacher, so that a fresh clone's quickstart does not start with its 1 200 training
+# steps (see kdlib/shipped/README.md). KDLIB_SHIPPED=0 ignores them (trains everything).
 SHIPPED = Path(__file__).resolve().parent / "shipped"
 
 

@@ -240,23 +240,52 @@ def shipped_among(hashes) -> set:
     return {h for h in hashes if json.loads((runs / h / "result.json").read_text()).get("shipped")}
 
 
+def cpu_ticks(stat: str = "/proc/stat") -> list[int] | None:
+    """All cores' clock ticks so far (user, nice, system, idle, iowait, irq, softirq, steal, ...) from
+    /proc/stat's first line; None where there is no /proc/stat."""
+    try:
+        with open(stat) as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def host_condition(before, after, seconds: float, cores: int | None = None, hz: int | None = None) -> str:
+    """How much of the CPU a timed stretch really had, from two `cpu_ticks` readings: the share the
+    hypervisor stole (steal), and the share of wall time × cores that the kernel accounted at all (a
+    healthy machine: steal about 0 %, accounted about 100 %). A time measured on a starved VM says so."""
+    if not before or not after or len(before) < 8 or len(after) < 8 or seconds <= 0:
+        return ""
+    cores = cores or os.cpu_count() or 1
+    hz = hz or (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+    delta = [a - b for a, b in zip(after, before)]
+    total = sum(delta[:8])  # guest and guest_nice are already counted in user and nice
+    if total <= 0:
+        return ""
+    return (f"host CPU: {100 * delta[7] / total:.0f} % stolen by the hypervisor, "
+            f"{100 * total / (seconds * cores * hz):.0f} % of wall time × cores accounted")
+
+
 class Stopwatch:
     """How long a notebook took and how much of it was training: started in the first cell, `save` in the
     last writes `<out_dir>/<name>.md` (wall minutes, runs trained vs read from the cache, date, cores), so
     the README quotes a recorded time, and says whether the cache was cold."""
 
     def __init__(self):
-        self.start, self.runs_before = time.time(), finished_runs()
+        self.start, self.runs_before, self.ticks = time.time(), finished_runs(), cpu_ticks()
 
     def save(self, out_dir, name: str = "time") -> str:
-        minutes = (time.time() - self.start) / 60
+        seconds = time.time() - self.start
+        minutes = seconds / 60
+        host = host_condition(self.ticks, cpu_ticks(), seconds)
         new = finished_runs() - self.runs_before
         shipped = shipped_among(new)
         line = (f"{minutes:.1f} min wall on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU core(s): "
                 f"{len(new - shipped)} run(s) trained (teacher, SFT warm-ups and methods)"
                 + (f", {len(shipped)} copied from kdlib's shipped runs (the teacher)" if shipped else "")
                 + ("; nothing was cached before (cold)" if not self.runs_before else
-                   f"; {len(self.runs_before)} run(s) were in the cache before"))
+                   f"; {len(self.runs_before)} run(s) were in the cache before")
+                + (f"; {host}" if host else ""))
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.md").write_text(line + "\n")

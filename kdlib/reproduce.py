@@ -66,12 +66,20 @@ def main(argv=None) -> int:
 
         paper.dry_run()
         return 0
-    from kdlib.notebook import finished_runs, shipped_among  # the cache before: to count the runs trained
+    from kdlib.notebook import cpu_ticks, finished_runs, shipped_among  # the cache before: to count the runs trained
 
+    selected = notebooks(args.only)
+    if args.profile == "paper":  # the notebooks with paper tables; their figures go to figures/paper/
+        from kdlib.paper import TABLES
+
+        selected = [nb for nb in selected if nb.stem in {t.notebook for t in TABLES.values()}]
+    if not selected:
+        ap.error(f"no notebook in {NOTEBOOKS} matches --only {' '.join(args.only or [])}")
     jobs = args.jobs or (min(2, os.cpu_count() or 1) if args.profile == "embedded" and not args.smoke else 1)
+    jobs = min(jobs, len(selected))  # one notebook alone keeps every thread
     executed = ROOT / ".cache" / "executed"
     t0 = time.time()
-    runs_before = finished_runs()
+    runs_before, ticks_before = finished_runs(), cpu_ticks()
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="kdlib-smoke-") as tmp:
         env = {}
@@ -93,11 +101,6 @@ def main(argv=None) -> int:
             print(f"[reproduce] {nb.name} done in {took:.0f} s ({took / 60:.1f} min)", flush=True)
             return took
 
-        selected = notebooks(args.only)
-        if args.profile == "paper":  # the notebooks with paper tables; their figures go to figures/paper/
-            from kdlib.paper import TABLES
-
-            selected = [nb for nb in selected if nb.stem in {t.notebook for t in TABLES.values()}]
         if jobs == 1:
             for nb in selected:
                 one(nb)
@@ -112,11 +115,12 @@ def main(argv=None) -> int:
     if args.profile == "embedded" and not args.smoke and not args.only:
         new = finished_runs() - runs_before
         shipped = shipped_among(new)
-        _write_times(seconds, wall, jobs, len(new - shipped), len(shipped))
+        _write_times(seconds, wall, jobs, len(new - shipped), len(shipped), ticks_before)
     return 0
 
 
-def _write_times(seconds: dict, wall: float, jobs: int, trained: int, shipped: int = 0) -> None:
+def _write_times(seconds: dict, wall: float, jobs: int, trained: int, shipped: int = 0,
+                 ticks_before=None) -> None:
     """figures/reproduce_times.md: how long this `make reproduce` took, per notebook, and how many runs it
     trained (0 = everything came from the cache), so the README's times come from a recorded run."""
     import platform
@@ -131,6 +135,11 @@ def _write_times(seconds: dict, wall: float, jobs: int, trained: int, shipped: i
              "| notebook | minutes |", "|---|---:|"]
     lines += [f"| {nb} | {s / 60:.1f} |" for nb, s in sorted(seconds.items())]
     lines += [f"| **total (wall)** | **{wall / 60:.1f}** |", ""]
+    from kdlib.notebook import cpu_ticks, host_condition
+
+    host = host_condition(ticks_before, cpu_ticks(), wall)
+    if host:
+        lines += [f"During the run, {host} (a healthy machine: about 0 % and 100 %).", ""]
     (ROOT / "figures" / "reproduce_times.md").write_text("\n".join(lines))
 
 

@@ -159,3 +159,38 @@ def test_relative_to_divides_by_the_reference_mean_of_the_same_group():
     out = relative_to(runs, "onpolicy")
     assert list(out.relative) == [0.5, 1.5, 2.0, 1.0, 2.0]  # a: / 2.0, b: / 0.5; c has no on-policy run
     assert relative_to(runs, "kd").empty
+
+
+def test_reproduce_gives_a_lone_notebook_every_thread_and_names_an_unknown_one(tmp_path, monkeypatch, capsys):
+    """Two notebooks at a time get one thread each; one notebook (--only) must keep both cores."""
+    import os
+
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "as before")  # restored after the test: main() sets it
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    seen = []
+    monkeypatch.setattr(reproduce, "execute",
+                        lambda nb, params, out, env=None: seen.append((nb.stem, os.environ["OMP_NUM_THREADS"])) or 1.0)
+    reproduce.main(["--only", "00_quickstart"])
+    assert seen == [("00_quickstart", "as before")]
+    seen.clear()
+    reproduce.main(["--only", "00_quickstart", "01_gkd"])
+    assert sorted(seen) == [("00_quickstart", "1"), ("01_gkd", "1")]
+    with pytest.raises(SystemExit):
+        reproduce.main(["--only", "no_such_notebook"])
+    assert "no_such_notebook" in capsys.readouterr().err
+
+
+def test_host_condition_reports_steal_and_unaccounted_time(tmp_path):
+    from kdlib.notebook import cpu_ticks, host_condition
+
+    before = [100, 0, 50, 800, 0, 0, 0, 50, 7, 7]
+    # 10 s on 2 cores at 100 Hz = 2000 ticks expected; 1000 accounted, 250 of them stolen
+    after = [400, 0, 150, 1150, 0, 0, 0, 300, 9, 9]
+    line = host_condition(before, after, 10.0, cores=2, hz=100)
+    assert "25 % stolen" in line and "50 % of wall time × cores accounted" in line
+    assert host_condition(None, after, 10.0) == "" and host_condition(before, after, 0.0) == ""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    assert cpu_ticks(str(stat)) == [1, 2, 3, 4, 5, 6, 7, 8, 0, 0]
+    assert cpu_ticks(str(tmp_path / "none")) is None
