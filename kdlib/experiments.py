@@ -275,6 +275,10 @@ def _save_and_score(cfg: RunConfig, d: Path, trainer: Trainer, tok, t0: float, d
         model = model.merge_and_unload()  # a plain model: evaluation and later runs load it as usual
     _replace_model_dir(d, model.save_pretrained)
     scores = score_splits(cfg, model, tok, d, progress)
+    metrics = trainer.state.metrics
+    if cfg.eval_every and metrics and metrics[-1]["step"] % cfg.eval_every == 0:  # the curve's last point
+        metrics[-1]["eval_score"] = scores[split_label(cfg.eval_splits[0])]["score"]
+        trainer.write_metrics()
     result = {
         "hash": cfg.hash(), **cfg.to_dict(), **{f"resolved_{k}": v for k, v in r.items()},
         "score": scores[split_label(cfg.eval_splits[0])]["score"],
@@ -333,9 +337,11 @@ def _eval_during_training(trainer, rows, validation_rows=None) -> None:
 
     cfg = trainer.cfg
     model = trainer.acc.unwrap_model(trainer.student)
-    metric = task_metric(cfg, cfg.eval_splits[0])
-    score = ev.evaluate(model, trainer.tokenizer, rows, metric=metric, max_new_tokens=cfg.max_new_tokens)["score"]
-    trainer.state.metrics[-1]["eval_score"] = score
+    if trainer.state.step < cfg.steps:  # the last step's point is the final score: the same rows, decoded once
+        metric = task_metric(cfg, cfg.eval_splits[0])
+        score = ev.evaluate(model, trainer.tokenizer, rows, metric=metric,
+                            max_new_tokens=cfg.max_new_tokens)["score"]
+        trainer.state.metrics[-1]["eval_score"] = score
     if hasattr(trainer.source, "report_validation") and validation_rows:
         val = ev.validation_loss(model, trainer.tokenizer, validation_rows, max_new_tokens=cfg.max_new_tokens)
         trainer.source.report_validation(val)

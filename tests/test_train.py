@@ -415,3 +415,29 @@ def test_ship_run_copies_a_finished_run_that_run_then_installs(tmp_path, monkeyp
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "fresh"))  # a fresh clone: empty cache
     assert experiments.run(cfg) == {"hash": cfg.hash(), "score": 0.25, "shipped": True}
     assert (experiments.run_dir(cfg) / "model" / "model.safetensors").read_bytes() == b"w" * 10
+
+
+def test_the_learning_curve_ends_at_the_final_score_decoded_once(tmp_path, monkeypatch):
+    """A curve point at the last step is the final score of the same rows: it is copied, not decoded
+    again (one evaluation saved per run whenever eval_every divides steps)."""
+    import csv
+
+    from kdlib import evaluate as ev
+    from kdlib import experiments
+
+    from conftest import cache_sharing_task_data
+
+    cache_sharing_task_data(tmp_path / "cache")
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    cfg = RunConfig(method="sft", task="arith", student="tiny", student_init="scratch", steps=4, eval_every=2,
+                    batch_size=4, n_train=16, n_eval=4, eval_splits=("test",), max_new_tokens=8,
+                    checkpoint_every=0)
+    result = experiments.run(cfg, progress=False)
+    points = {m["step"]: m.get("eval_score") for m in result["curve"]}
+    assert points[1] is None and points[2] is not None and points[4] == result["score"]
+    assert calls == [4, 4]  # step 2's curve point and the final score; step 4's point is not decoded again
+    with open(tmp_path / "cache" / "runs" / cfg.hash() / "metrics.csv") as f:
+        assert float(list(csv.DictReader(f))[-1]["eval_score"]) == result["score"]
