@@ -275,13 +275,14 @@ def _save_and_score(cfg: RunConfig, d: Path, trainer: Trainer, tok, t0: float, d
         model = model.merge_and_unload()  # a plain model: evaluation and later runs load it as usual
     _replace_model_dir(d, model.save_pretrained)
     scores = score_splits(cfg, model, tok, d, progress)
+    score = scores[split_label(cfg.eval_splits[0])]["score"]
     metrics = trainer.state.metrics
     if cfg.eval_every and metrics and metrics[-1]["step"] % cfg.eval_every == 0:  # the curve's last point
-        metrics[-1]["eval_score"] = scores[split_label(cfg.eval_splits[0])]["score"]
+        metrics[-1]["eval_score"] = score
         trainer.write_metrics()
     result = {
         "hash": cfg.hash(), **cfg.to_dict(), **{f"resolved_{k}": v for k, v in r.items()},
-        "score": scores[split_label(cfg.eval_splits[0])]["score"],
+        "score": score,
         **{f"score_{s}": v["score"] for s, v in scores.items()},
         "buckets": {s: v["buckets"] for s, v in scores.items()},
         "student_params": n_params(model), "train_seconds": trainer.state.seconds,

@@ -274,18 +274,23 @@ class Stopwatch:
     def __init__(self):
         self.start, self.runs_before, self.ticks = time.time(), finished_runs(), cpu_ticks()
 
-    def save(self, out_dir, name: str = "time") -> str:
+    def elapsed(self) -> dict:
+        """Since the start: wall seconds, the runs trained and those copied from the shipped runs, and the
+        host's CPU condition (`host_condition`, "" where unknown)."""
         seconds = time.time() - self.start
-        minutes = seconds / 60
-        host = host_condition(self.ticks, cpu_ticks(), seconds)
         new = finished_runs() - self.runs_before
         shipped = shipped_among(new)
-        line = (f"{minutes:.1f} min wall on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU core(s): "
-                f"{len(new - shipped)} run(s) trained (teacher, SFT warm-ups and methods)"
-                + (f", {len(shipped)} copied from kdlib's shipped runs (the teacher)" if shipped else "")
+        return {"seconds": seconds, "trained": len(new - shipped), "shipped": len(shipped),
+                "host": host_condition(self.ticks, cpu_ticks(), seconds)}
+
+    def save(self, out_dir, name: str = "time") -> str:
+        e = self.elapsed()
+        line = (f"{e['seconds'] / 60:.1f} min wall on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU core(s): "
+                f"{e['trained']} run(s) trained (teacher, SFT warm-ups and methods)"
+                + (f", {e['shipped']} copied from kdlib's shipped runs (the teacher)" if e["shipped"] else "")
                 + ("; nothing was cached before (cold)" if not self.runs_before else
                    f"; {len(self.runs_before)} run(s) were in the cache before")
-                + (f"; {host}" if host else ""))
+                + (f"; {e['host']}" if e["host"] else ""))
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.md").write_text(line + "\n")

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
 
         paper.dry_run()
         return 0
-    from kdlib.notebook import cpu_ticks, finished_runs, shipped_among  # the cache before: to count the runs trained
+    from kdlib.notebook import Stopwatch  # the cache before: to count the runs trained
 
     selected = notebooks(args.only)
     if args.profile == "paper":  # the notebooks with paper tables; their figures go to figures/paper/
@@ -78,8 +78,7 @@ def main(argv=None) -> int:
     jobs = args.jobs or (min(2, os.cpu_count() or 1) if args.profile == "embedded" and not args.smoke else 1)
     jobs = min(jobs, len(selected))  # one notebook alone keeps every thread
     executed = ROOT / ".cache" / "executed"
-    t0 = time.time()
-    runs_before, ticks_before = finished_runs(), cpu_ticks()
+    watch = Stopwatch()
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="kdlib-smoke-") as tmp:
         env = {}
@@ -110,17 +109,14 @@ def main(argv=None) -> int:
             with ThreadPoolExecutor(jobs) as pool:  # a failure (SystemExit naming the notebook) propagates
                 for future in [pool.submit(one, nb) for nb in selected]:
                     future.result()
-    wall = time.time() - t0
+    wall = time.time() - watch.start
     print(f"[reproduce] all notebooks done in {wall:.0f} s ({wall / 60:.1f} min wall, {jobs} at a time)")
     if args.profile == "embedded" and not args.smoke and not args.only:
-        new = finished_runs() - runs_before
-        shipped = shipped_among(new)
-        _write_times(seconds, wall, jobs, len(new - shipped), len(shipped), ticks_before)
+        _write_times(seconds, jobs, watch.elapsed())
     return 0
 
 
-def _write_times(seconds: dict, wall: float, jobs: int, trained: int, shipped: int = 0,
-                 ticks_before=None) -> None:
+def _write_times(seconds: dict, jobs: int, elapsed: dict) -> None:
     """figures/reproduce_times.md: how long this `make reproduce` took, per notebook, and how many runs it
     trained (0 = everything came from the cache), so the README's times come from a recorded run."""
     import platform
@@ -130,16 +126,13 @@ def _write_times(seconds: dict, wall: float, jobs: int, trained: int, shipped: i
                             cwd=ROOT).stdout.strip()
     lines = [f"`make reproduce` (embedded profile) on {time.strftime('%Y-%m-%d')}, commit {commit}, "
              f"{os.cpu_count()} CPU cores ({platform.machine()}), {jobs} notebook(s) at a time; "
-             f"{trained} run(s) trained, {shipped} copied from kdlib's shipped runs "
+             f"{elapsed['trained']} run(s) trained, {elapsed['shipped']} copied from kdlib's shipped runs "
              f"(KDLIB_SHIPPED={os.environ.get('KDLIB_SHIPPED', '1')}), the rest read from the cache.", "",
              "| notebook | minutes |", "|---|---:|"]
     lines += [f"| {nb} | {s / 60:.1f} |" for nb, s in sorted(seconds.items())]
-    lines += [f"| **total (wall)** | **{wall / 60:.1f}** |", ""]
-    from kdlib.notebook import cpu_ticks, host_condition
-
-    host = host_condition(ticks_before, cpu_ticks(), wall)
-    if host:
-        lines += [f"During the run, {host} (a healthy machine: about 0 % and 100 %).", ""]
+    lines += [f"| **total (wall)** | **{elapsed['seconds'] / 60:.1f}** |", ""]
+    if elapsed["host"]:
+        lines += [f"During the run, {elapsed['host']} (a healthy machine: about 0 % and 100 %).", ""]
     (ROOT / "figures" / "reproduce_times.md").write_text("\n".join(lines))
 
 

@@ -194,3 +194,24 @@ def test_host_condition_reports_steal_and_unaccounted_time(tmp_path):
     stat.write_text("cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
     assert cpu_ticks(str(stat)) == [1, 2, 3, 4, 5, 6, 7, 8, 0, 0]
     assert cpu_ticks(str(tmp_path / "none")) is None
+
+
+def test_reproduce_records_its_time_and_the_runs_it_trained(tmp_path, monkeypatch):
+    """A full embedded `make reproduce` writes figures/reproduce_times.md: a row per notebook, the total,
+    and how many runs it trained (here: each notebook 'trains' one run) versus copied from shipped runs."""
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "as before")
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path)
+    (tmp_path / "figures").mkdir()
+
+    def fake_execute(nb, params, out, env=None):
+        run = tmp_path / "cache" / "runs" / nb.stem
+        run.mkdir(parents=True)
+        (run / "result.json").write_text('{"shipped": true}' if nb.stem.startswith("00") else "{}")
+        return 60.0
+
+    monkeypatch.setattr(reproduce, "execute", fake_execute)
+    reproduce.main([])
+    text = (tmp_path / "figures" / "reproduce_times.md").read_text()
+    assert f"{len(NOTEBOOKS) - 1} run(s) trained, 1 copied from kdlib's shipped runs" in text
+    assert all(f"| {nb.stem} | 1.0 |" in text for nb in NOTEBOOKS) and "**total (wall)**" in text
