@@ -286,8 +286,8 @@ class Stopwatch:
     def save(self, out_dir, name: str = "time") -> str:
         e = self.elapsed()
         line = (f"{e['seconds'] / 60:.1f} min wall on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU core(s): "
-                f"{e['trained']} run(s) trained (teacher, SFT warm-ups and methods)"
-                + (f", {e['shipped']} copied from kdlib's shipped runs (the teacher)" if e["shipped"] else "")
+                f"{e['trained']} run(s) trained (teachers, SFT warm-ups, methods)"
+                + (f", {e['shipped']} copied from kdlib's shipped runs (teachers)" if e["shipped"] else "")
                 + ("; nothing was cached before (cold)" if not self.runs_before else
                    f"; {len(self.runs_before)} run(s) were in the cache before")
                 + (f"; {e['host']}" if e["host"] else ""))
