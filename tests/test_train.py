@@ -379,6 +379,7 @@ def test_no_shipped_run_is_stale_and_a_stale_one_is_named(tmp_path, monkeypatch)
     monkeypatch.delenv("KDLIB_SHIPPED", raising=False)
     assert experiments.stale_shipped_runs() == []
     assert experiments.shipped_run(experiments.teacher_recipe("arith")) is not None  # the quickstart's teacher
+    assert experiments.shipped_run(experiments.teacher_recipe("summ")) is not None  # 01-03's summ teacher
     monkeypatch.setattr(experiments, "SHIPPED", tmp_path)
     cfg = experiments.teacher_recipe("arith", "tiny")  # the default steps: what teacher_config asks for
     for name, steps in (("current", cfg.steps), ("old", 4)):  # old: a recipe whose steps have changed since
