@@ -123,7 +123,8 @@ def run_dir(cfg: RunConfig) -> Path:
 
 # Finished runs that come with kdlib, by config hash (model/ and result.json, as in the cache): the
 # embedded arith and summ teachers, so that a fresh clone's quickstart and notebooks 01-04 do not start
-# with their 1 200 and 1 000 training steps (see kdlib/shipped/README.md). KDLIB_SHIPPED=0 ignores them (trains everything).
+# with their 1 200 and 1 000 training steps (see kdlib/shipped/README.md). KDLIB_SHIPPED=0 ignores them
+# (trains everything).
 SHIPPED = Path(__file__).resolve().parent / "shipped"
 
 
