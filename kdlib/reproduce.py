@@ -81,7 +81,10 @@ def main(argv=None) -> int:
     watch = Stopwatch()
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="kdlib-smoke-") as tmp:
-        env = {}
+        # the kernels' progress bars redraw at most every 30 s: each redraw is an output message that papermill
+        # appends to the executed notebook and re-saves (per-step redraws cost the papermill process a quarter
+        # of a core and filled the executed notebooks with thousands of bar lines)
+        env = {"TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", "30")}
         if args.smoke:
             env["KDLIB_CACHE"] = str(Path(tmp) / "cache")
         if jobs > 1:  # small CPU models: one thread per notebook beats two notebooks fighting over threads

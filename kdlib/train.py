@@ -230,9 +230,11 @@ class Trainer:
                 self.write_metrics()  # the curve up to the failure stays readable
                 bar.close()
                 raise
-            bar.update(1)
+            # refresh=False: the bar redraws at most every `mininterval` seconds (TQDM_MININTERVAL); a forced
+            # redraw per step is one output message per step, which papermill stores and re-saves
             bar.set_postfix(loss=f"{row['loss']:.3f}", teacher=f"{row['teacher_fraction']:.2f}",
-                            tok_s=f"{row['tokens_per_s']:.0f}")
+                            tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
+            bar.update(1)
             if cfg.eval_every and self.state.step % cfg.eval_every == 0 and self.on_eval:
                 self.on_eval(self)
             if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:

@@ -73,6 +73,32 @@ def test_all_masked_batch_gives_zero_loss_and_finite_gradients(tokenizer, models
         assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
 
 
+def test_progress_bar_redraws_at_its_interval_not_at_every_step(tokenizer, arith_rows, tmp_path, monkeypatch,
+                                                                  capsys):
+    """Each redraw is one output message, which papermill appends to the executed notebook and re-saves: the
+    loss shown beside the bar must not force a redraw per step (TQDM_MININTERVAL sets the interval)."""
+    import functools
+
+    import tqdm.auto
+
+    from kdlib import train
+
+    def draws(mininterval, name):
+        monkeypatch.setattr(train, "tqdm", functools.partial(tqdm.auto.tqdm, mininterval=mininterval,
+                                                             maxinterval=max(mininterval, 10)))
+        t = make_trainer(RunConfig(method="sft", batch_size=4, steps=12, checkpoint_every=0), tokenizer,
+                         arith_rows, tmp_path / name)
+        t.progress = True
+        t.fit()
+        err = capsys.readouterr().err
+        return err.count("\r"), err
+
+    every_step, err = draws(0, "eager")
+    assert every_step >= 12 and "loss=" in err  # the counter sees redraws: one per step at interval 0
+    hourly, _ = draws(3600, "hourly")
+    assert 1 <= hourly <= 3  # the first draw, and the carriage returns that clear the bar at the end
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tokenizer, arith_rows, tmp_path):
     cfg = RunConfig(method="kd", batch_size=4, steps=5, checkpoint_every=1, max_new_tokens=48)
     t = make_trainer(cfg, tokenizer, arith_rows, tmp_path)
