@@ -240,6 +240,15 @@ def shipped_among(hashes) -> set:
     return {h for h in hashes if json.loads((runs / h / "result.json").read_text()).get("shipped")}
 
 
+def run_seconds(hashes) -> float:
+    """The sum of these cached runs' own wall times (`wall_seconds` in result.json: training, evaluation and
+    saving), whichever invocation trained them; a run without the field counts 0."""
+    from kdlib.workload import cache_root
+
+    runs = cache_root() / "runs"
+    return sum(float(json.loads((runs / h / "result.json").read_text()).get("wall_seconds") or 0) for h in hashes)
+
+
 def cpu_ticks(stat: str = "/proc/stat") -> list[int] | None:
     """All cores' clock ticks so far (user, nice, system, idle, iowait, irq, softirq, steal, ...) from
     /proc/stat's first line; None where there is no /proc/stat."""
@@ -281,6 +290,7 @@ class Stopwatch:
         new = finished_runs() - self.runs_before
         shipped = shipped_among(new)
         return {"seconds": seconds, "trained": len(new - shipped), "shipped": len(shipped),
+                "trained_seconds": run_seconds(new - shipped),
                 "host": host_condition(self.ticks, cpu_ticks(), seconds)}
 
     def save(self, out_dir, name: str = "time") -> str:

@@ -125,6 +125,8 @@ def _write_times(seconds: dict, jobs: int, elapsed: dict) -> None:
     import platform
     import subprocess
 
+    from kdlib.notebook import finished_runs, run_seconds, shipped_among
+
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip()
     lines = [f"`make reproduce` (embedded profile) on {time.strftime('%Y-%m-%d')}, commit {commit}, "
@@ -134,6 +136,15 @@ def _write_times(seconds: dict, jobs: int, elapsed: dict) -> None:
              "| notebook | minutes |", "|---|---:|"]
     lines += [f"| {nb} | {s / 60:.1f} |" for nb, s in sorted(seconds.items())]
     lines += [f"| **total (wall)** | **{elapsed['seconds'] / 60:.1f}** |", ""]
+    # a run interrupted and resumed across invocations (the cache keeps finished runs) makes the wall total
+    # above only the last part: the runs' own recorded times say what all of the training cost
+    everything = finished_runs()
+    trained = everything - shipped_among(everything)
+    lines += [f"The runs this invocation trained took {elapsed['trained_seconds'] / 3600:.2f} h of their own wall "
+              f"time in all ({jobs} at a time). All {len(trained)} trained runs in the cache (not shipped) took "
+              f"{run_seconds(trained) / 3600:.2f} h, whichever invocation trained them: when this invocation "
+              f"resumed an interrupted one, that sum divided by the notebooks run at once, plus the notebooks' "
+              f"own time above, approximates a cold run.", ""]
     if elapsed["host"]:
         lines += [f"During the run, {elapsed['host']} (a healthy machine: about 0 % and 100 %).", ""]
     (ROOT / "figures" / "reproduce_times.md").write_text("\n".join(lines))

@@ -203,15 +203,23 @@ def test_reproduce_records_its_time_and_the_runs_it_trained(tmp_path, monkeypatc
     monkeypatch.setenv("OMP_NUM_THREADS", "as before")
     monkeypatch.setattr(reproduce, "ROOT", tmp_path)
     (tmp_path / "figures").mkdir()
+    earlier = tmp_path / "cache" / "runs" / "earlier"  # trained by an interrupted invocation: 1 h
+    earlier.mkdir(parents=True)
+    (earlier / "result.json").write_text('{"wall_seconds": 3600}')
 
-    def fake_execute(nb, params, out, env=None):
+    def fake_execute(nb, params, out, env=None):  # each notebook 'trains' a run of 18 min (00: ships one)
         run = tmp_path / "cache" / "runs" / nb.stem
         run.mkdir(parents=True)
-        (run / "result.json").write_text('{"shipped": true}' if nb.stem.startswith("00") else "{}")
+        (run / "result.json").write_text('{"shipped": true, "wall_seconds": 99}' if nb.stem.startswith("00")
+                                         else '{"wall_seconds": 1080}')
         return 60.0
 
     monkeypatch.setattr(reproduce, "execute", fake_execute)
     reproduce.main([])
     text = (tmp_path / "figures" / "reproduce_times.md").read_text()
-    assert f"{len(NOTEBOOKS) - 1} run(s) trained, 1 copied from kdlib's shipped runs" in text
+    n = len(NOTEBOOKS) - 1
+    assert f"{n} run(s) trained, 1 copied from kdlib's shipped runs" in text
     assert all(f"| {nb.stem} | 1.0 |" in text for nb in NOTEBOOKS) and "**total (wall)**" in text
+    # the runs' own times: this invocation's (shipped excluded), and the whole cache's (the earlier run too)
+    assert f"this invocation trained took {n * 0.3:.2f} h" in text
+    assert f"All {n + 1} trained runs in the cache (not shipped) took {n * 0.3 + 1:.2f} h" in text
