@@ -249,6 +249,15 @@ def run_seconds(hashes) -> float:
     return sum(float(json.loads((runs / h / "result.json").read_text()).get("wall_seconds") or 0) for h in hashes)
 
 
+def trained_by(hashes, pid: int) -> set:
+    """Those of `hashes` whose cached run was trained by process `pid` (result.json provenance `pid`)."""
+    from kdlib.workload import cache_root
+
+    runs = cache_root() / "runs"
+    return {h for h in hashes
+            if json.loads((runs / h / "result.json").read_text()).get("provenance", {}).get("pid") == pid}
+
+
 def cpu_ticks(stat: str = "/proc/stat") -> list[int] | None:
     """All cores' clock ticks so far (user, nice, system, idle, iowait, irq, softirq, steal, ...) from
     /proc/stat's first line; None where there is no /proc/stat."""
@@ -284,20 +293,24 @@ class Stopwatch:
         self.start, self.runs_before, self.ticks = time.time(), finished_runs(), cpu_ticks()
 
     def elapsed(self) -> dict:
-        """Since the start: wall seconds, the runs trained and those copied from the shipped runs, and the
-        host's CPU condition (`host_condition`, "" where unknown)."""
+        """Since the start: wall seconds, the runs trained (by any process; `trained_here`: by this one, e.g.
+        this notebook's kernel while `make reproduce` runs another notebook beside it) and those copied from
+        the shipped runs, and the host's CPU condition (`host_condition`, "" where unknown)."""
         seconds = time.time() - self.start
         new = finished_runs() - self.runs_before
         shipped = shipped_among(new)
         return {"seconds": seconds, "trained": len(new - shipped), "shipped": len(shipped),
+                "trained_here": len(trained_by(new - shipped, os.getpid())),
                 "trained_seconds": run_seconds(new - shipped),
                 "host": host_condition(self.ticks, cpu_ticks(), seconds)}
 
     def save(self, out_dir, name: str = "time") -> str:
         e = self.elapsed()
         line = (f"{e['seconds'] / 60:.1f} min wall on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU core(s): "
-                f"{e['trained']} run(s) trained (teachers, SFT warm-ups, methods)"
+                f"{e['trained_here']} run(s) trained (teachers, SFT warm-ups, methods)"
                 + (f", {e['shipped']} copied from kdlib's shipped runs (teachers)" if e["shipped"] else "")
+                + (f"; {e['trained'] - e['trained_here']} more finished meanwhile in other processes (notebooks "
+                   f"run at once), not counted" if e["trained"] > e["trained_here"] else "")
                 + ("; nothing was cached before (cold)" if not self.runs_before else
                    f"; {len(self.runs_before)} run(s) were in the cache before")
                 + (f"; {e['host']}" if e["host"] else ""))

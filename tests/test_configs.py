@@ -1,6 +1,7 @@
 """Every method of the SPEC table trains and evaluates from its config file (configs/embedded), through the
 command line, on tiny models; the result names the method's source, sampler and divergence."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ def test_config_file_trains_and_evaluates_from_the_command_line(path, tmp_path, 
     assert (result["resolved_source"], result["resolved_sampler"], result["resolved_divergence"]) == \
         (source, sampler, divergence)
     assert 0.0 <= result["score"] <= 1.0 and len(result["curve"]) == 2
+    assert result["provenance"]["pid"] == os.getpid()  # trained in this process (a notebook's Stopwatch counts it)
     # SeqKD's teacher writes its data once, before the run (cached, shared): the run makes no teacher forward
     assert (result["teacher_forwards"] > 0) == (path.stem not in ("sft", "seqkd"))
     # eval reads the cached result without training again

@@ -1,5 +1,6 @@
 """Notebooks: committed clean, parameterised, and every one executes at its smallest settings."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -134,15 +135,18 @@ def test_stopwatch_counts_the_runs_trained_while_it_ran(tmp_path, monkeypatch):
     (runs / "old").mkdir(parents=True)
     (runs / "old" / "result.json").write_text("{}")
     watch = knb.Stopwatch()
-    for h in ("a", "b"):
+    here = '{"provenance": {"pid": %d}}' % os.getpid()
+    for h, result in (("a", here), ("b", here), ("x", '{"provenance": {"pid": %d}}' % (os.getpid() + 1))):
         (runs / h).mkdir()
-        (runs / h / "result.json").write_text("{}")
+        (runs / h / "result.json").write_text(result)  # x: trained meanwhile by another notebook's kernel
     (runs / "c").mkdir()  # an interrupted run: no result, not counted
     (runs / "t").mkdir()  # copied from kdlib's shipped runs: not trained here
     (runs / "t" / "result.json").write_text('{"shipped": true}')
     line = watch.save(tmp_path / "out")
     assert "2 run(s) trained" in line and "1 run(s) were in the cache" in line
+    assert "1 more finished meanwhile in other processes" in line
     assert "1 copied from kdlib's shipped runs" in line
+    assert watch.elapsed()["trained"] == 3  # make reproduce's own count: every process's runs
     assert (tmp_path / "out" / "time.md").read_text().strip() == line
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "empty"))
     assert "cold" in knb.Stopwatch().save(tmp_path / "out")
