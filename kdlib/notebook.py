@@ -232,30 +232,27 @@ def finished_runs() -> set:
     return {p.parent.name for p in (cache_root() / "runs").glob("*/result.json")}
 
 
-def shipped_among(hashes) -> set:
-    """Those of `hashes` whose cached result was copied from kdlib's shipped runs, not trained here."""
+def _cached_result(h: str) -> dict:
+    """The result.json of the cached run `h`."""
     from kdlib.workload import cache_root
 
-    runs = cache_root() / "runs"
-    return {h for h in hashes if json.loads((runs / h / "result.json").read_text()).get("shipped")}
+    return json.loads((cache_root() / "runs" / h / "result.json").read_text())
+
+
+def shipped_among(hashes) -> set:
+    """Those of `hashes` whose cached result was copied from kdlib's shipped runs, not trained here."""
+    return {h for h in hashes if _cached_result(h).get("shipped")}
 
 
 def run_seconds(hashes) -> float:
     """The sum of these cached runs' own wall times (`wall_seconds` in result.json: training, evaluation and
     saving), whichever invocation trained them; a run without the field counts 0."""
-    from kdlib.workload import cache_root
-
-    runs = cache_root() / "runs"
-    return sum(float(json.loads((runs / h / "result.json").read_text()).get("wall_seconds") or 0) for h in hashes)
+    return sum(float(_cached_result(h).get("wall_seconds") or 0) for h in hashes)
 
 
 def trained_by(hashes, pid: int) -> set:
     """Those of `hashes` whose cached run was trained by process `pid` (result.json provenance `pid`)."""
-    from kdlib.workload import cache_root
-
-    runs = cache_root() / "runs"
-    return {h for h in hashes
-            if json.loads((runs / h / "result.json").read_text()).get("provenance", {}).get("pid") == pid}
+    return {h for h in hashes if _cached_result(h).get("provenance", {}).get("pid") == pid}
 
 
 def cpu_ticks(stat: str = "/proc/stat") -> list[int] | None:
