@@ -141,16 +141,28 @@ def run(cfg: RunConfig, *, progress: bool = True, teacher_cfg: RunConfig | None 
     """Train and evaluate `cfg` (or read its cached or shipped result). Returns the result row."""
     d = run_dir(cfg)
     if (d / "result.json").exists():
-        return json.loads((d / "result.json").read_text())
+        return _cached(cfg, d)
     shipped = shipped_run(cfg)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and shipped is None:  # the ranks of one launch train it together
         return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
     with workload.locked(d.with_name(d.name + ".lock")):  # another process may be running this config
         if (d / "result.json").exists():
-            return json.loads((d / "result.json").read_text())
+            return _cached(cfg, d)
         if shipped is not None:
             return _install_shipped(shipped, d)
         return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
+
+
+def _cached(cfg: RunConfig, d: Path) -> dict:
+    """The cached result of `cfg`. eval_every is not part of the hash (the curve does not change the trained
+    model, so notebooks share runs), so a run cached by a caller with another eval_every has another
+    learning curve than `cfg` asks for: say so, naming the run, rather than plot a curve that is missing."""
+    result = json.loads((d / "result.json").read_text())
+    if cfg.eval_every and result.get("eval_every", cfg.eval_every) != cfg.eval_every:
+        log.warning("%s (%s %s seed %s): cached with eval_every=%s, so its learning curve is not the one "
+                    "eval_every=%s asks for; delete %s to retrain it with this curve",
+                    d.name, cfg.method, cfg.task, cfg.seed, result.get("eval_every"), cfg.eval_every, d)
+    return result
 
 
 def stale_shipped_runs() -> list[str]:

@@ -53,11 +53,14 @@ def curves_frame(results: list[dict]) -> pd.DataFrame:
 
 
 def workload_frame(results: list[dict], roles: list[str]) -> pd.DataFrame:
-    """The workload report: role, size, parameters, score per split, training minutes."""
+    """The workload report: role, size, parameters, score per split, training minutes, and where those
+    minutes were measured: "here" (trained by this cache's machine) or "shipped" (a run copied from
+    kdlib/shipped/, its minutes those of the machine that trained it)."""
     rows = []
     for role, r in zip(roles, results):
         row = {"role": role, "model": r["student"], "params": r["student_params"],
-               "train_minutes": r["train_seconds"] / 60, "steps": r["steps"], "rows": r["n_train"]}
+               "train_minutes": r["train_seconds"] / 60, "trained": "shipped" if r.get("shipped") else "here",
+               "steps": r["steps"], "rows": r["n_train"]}
         row.update({k.replace("score_", ""): v for k, v in r.items() if k.startswith("score_")})
         rows.append(row)
     return pd.DataFrame(rows)

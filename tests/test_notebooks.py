@@ -227,3 +227,17 @@ def test_reproduce_records_its_time_and_the_runs_it_trained(tmp_path, monkeypatc
     # the runs' own times: this invocation's (shipped excluded), and the whole cache's (the earlier run too)
     assert f"this invocation trained took {n * 0.3:.2f} h" in text
     assert f"All {n + 1} trained runs in the cache (not shipped) took {n * 0.3 + 1:.2f} h" in text
+
+
+def test_workload_frame_says_which_minutes_were_measured_here():
+    """A shipped teacher's training minutes are another machine's: the table says so per row."""
+    from kdlib.notebook import workload_frame
+
+    def result(student, seconds, **extra):
+        return {"student": student, "student_params": 10, "train_seconds": seconds, "steps": 5, "n_train": 7,
+                "score_test": 0.5, "score_plus": 0.25, **extra}
+
+    t = workload_frame([result("teacher", 600, shipped=True), result("student-s", 30)], ["teacher", "student"])
+    assert list(t["trained"]) == ["shipped", "here"]
+    assert list(t["train_minutes"]) == [10.0, 0.5]
+    assert list(t["test"]) == [0.5, 0.5] and list(t["plus"]) == [0.25, 0.25]

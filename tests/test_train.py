@@ -362,7 +362,9 @@ def test_kept_freed_memory_stops_refaulting_memory_freed_by_the_last_pass():
     # glibc's default returns the freed top of the heap to the kernel: every cycle faults pages in again
     pages = 2 ** 23 // resource.getpagesize()  # pages of one 8 MiB tensor
     assert returned >= 10 * pages // 2
-    assert kept <= pages  # at most one tensor's pages, once: then the freed heap is reused as it is
+    # at most one tensor's pages, once: then the freed heap is reused as it is (plus a few pages of the
+    # interpreter's own: 2049 faults were seen once, against >= 10 240 with glibc's default)
+    assert kept <= pages + 16
 
 
 def test_a_shipped_run_fills_an_empty_cache_without_training(tmp_path, monkeypatch):
@@ -468,3 +470,29 @@ def test_the_learning_curve_ends_at_the_final_score_decoded_once(tmp_path, monke
     assert calls == [4, 4]  # step 2's curve point and the final score; step 4's point is not decoded again
     with open(tmp_path / "cache" / "runs" / cfg.hash() / "metrics.csv") as f:
         assert float(list(csv.DictReader(f))[-1]["eval_score"]) == result["score"]
+
+
+def test_a_cached_run_with_another_learning_curve_is_named(tmp_path, monkeypatch, caplog):
+    """eval_every is outside the hash (notebooks share runs): a run cached without a curve is returned, but
+    a caller asking for a curve is told which run lacks it and how to retrain it."""
+    import json
+    import logging
+
+    from kdlib import experiments
+    from kdlib.config import RunConfig
+
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
+    plain = RunConfig(method="kd", task="arith", student="tiny", steps=4)
+    d = experiments.run_dir(plain)
+    d.mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps({"hash": plain.hash(), "eval_every": 0, "score": 0.5}))
+    monkeypatch.setattr(experiments, "_run_uncached", lambda *a, **k: pytest.fail("trained a cached run"))
+    with caplog.at_level(logging.WARNING, logger="kdlib.experiments"):
+        assert experiments.run(plain)["score"] == 0.5
+        assert experiments.run(RunConfig(method="kd", task="arith", student="tiny", steps=4, eval_every=0))
+        assert not caplog.records  # same curve (none) asked for: nothing to say
+        curve = RunConfig(method="kd", task="arith", student="tiny", steps=4, eval_every=2)
+        assert curve.hash() == plain.hash() and experiments.run(curve)["score"] == 0.5
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert plain.hash() in message and "eval_every=0" in message and "eval_every=2" in message
