@@ -155,11 +155,12 @@ def run(cfg: RunConfig, *, progress: bool = True, teacher_cfg: RunConfig | None 
 
 def _cached(cfg: RunConfig, d: Path) -> dict:
     """The cached result of `cfg`. eval_every is not part of the hash (the curve does not change the trained
-    model, so notebooks share runs), so a run cached by a caller with another eval_every has another
-    learning curve than `cfg` asks for: say so, naming the run, rather than plot a curve that is missing."""
+    model, so notebooks share runs), so a run cached by a caller with another eval_every may lack points of
+    the learning curve `cfg` asks for: say so, naming the run, rather than plot a curve with points missing."""
     result = json.loads((d / "result.json").read_text())
-    if cfg.eval_every and result.get("eval_every", cfg.eval_every) != cfg.eval_every:
-        log.warning("%s (%s %s seed %s): cached with eval_every=%s, so its learning curve is not the one "
+    cached_every = result.get("eval_every", cfg.eval_every)
+    if cfg.eval_every and (not cached_every or cfg.eval_every % cached_every):  # a finer curve holds every point
+        log.warning("%s (%s %s seed %s): cached with eval_every=%s, so its learning curve lacks points that "
                     "eval_every=%s asks for; delete %s to retrain it with this curve",
                     d.name, cfg.method, cfg.task, cfg.seed, result.get("eval_every"), cfg.eval_every, d)
     return result

@@ -178,6 +178,42 @@ def save_claims(claims: list[str], out_dir, name: str = "claims") -> None:
     (out / f"{name}.md").write_text("".join(f"- {c}\n" for c in claims))
 
 
+def training_claims(curves: pd.DataFrame, method: str, *, n_steps: int = 10) -> list[str]:
+    """AdaSwitch's two training-dynamics claims, from `curves_frame` rows of one task and one student:
+
+    - the divergence falls during training: `method`'s training loss, each seed's mean over its first
+      `n_steps` logged steps against its mean over its last `n_steps` (fewer, never overlapping, in short runs);
+    - the fastest early improvement: the score at `method`'s first evaluation, against the best other method
+      evaluated at the same step. Every run starts from the same SFT student per seed, so the score there
+      orders the early gains."""
+    own = curves[curves.method == method]
+    if own.empty:
+        return [f"training dynamics: no {method} runs"]
+    steps = sorted(own.step.unique())
+    n = min(n_steps, len(steps) // 2)
+    if n < 1:
+        lines = [f"the divergence falls during training: {method} logged {len(steps)} step(s), too few to compare"]
+    else:
+        first, last = f"first {n} steps", f"last {n} steps"
+        phases = pd.concat([own[own.step.isin(steps[:n])].groupby("seed")["loss"].mean().to_frame().assign(phase=first),
+                            own[own.step.isin(steps[-n:])].groupby("seed")["loss"].mean().to_frame().assign(phase=last)])
+        lines = [claim(phases, "phase", first, last, value="loss",
+                       paper=f"the divergence falls during training ({method}'s training loss per token)")]
+    scored = curves.dropna(subset=["eval_score"]) if "eval_score" in curves else curves.iloc[:0]
+    own_scored = scored[scored.method == method]
+    if own_scored.empty:
+        return lines + [f"fastest early improvement: {method} was not evaluated during training (set eval_every)"]
+    step = own_scored.step.min()
+    at = scored[scored.step == step]
+    others = at[at.method != method].groupby("method")["eval_score"].mean()
+    if others.empty:
+        return lines + [f"fastest early improvement: no other method was evaluated at step {step}"]
+    best = others.idxmax()
+    return lines + [claim(at, "method", method, best, value="eval_score",
+                          paper=f"fastest early improvement: score at step {step}, {method} vs the best other "
+                                f"method there ({best})")]
+
+
 def robustness_claim(table: pd.DataFrame, what: str) -> str:
     """A claim line for "the score does not depend on <what>": `table` has one row per setting with the
     mean and std over seeds (`plots.mean_std`). Robust when the spread of the means is within twice the

@@ -241,3 +241,39 @@ def test_workload_frame_says_which_minutes_were_measured_here():
     assert list(t["trained"]) == ["shipped", "here"]
     assert list(t["train_minutes"]) == [10.0, 0.5]
     assert list(t["test"]) == [0.5, 0.5] and list(t["plus"]) == [0.25, 0.25]
+
+
+def test_training_claims_compare_phases_per_seed_and_the_first_evaluation():
+    import pandas as pd
+
+    from kdlib.notebook import training_claims
+
+    def score(method, seed, step):  # adaswitch leads at its first evaluation (10), on-policy leads at 20
+        lead = {10: {"adaswitch": 0.5, "onpolicy": 0.2, "sft": 0.1}, 20: {"adaswitch": 0.1, "onpolicy": 0.6, "sft": 0.3}}
+        return lead[step][method] + seed / 100 if step in lead else None
+
+    rows = []
+    for seed in range(3):
+        for step in range(1, 21):  # adaswitch's loss falls from ~1 to ~0.5; the others' stay flat
+            for method, loss in (("adaswitch", 1.0 - step / 40 + seed / 100), ("onpolicy", 0.7 + seed / 100),
+                                 ("sft", 0.7)):
+                rows.append({"method": method, "seed": seed, "step": step, "loss": loss,
+                             "eval_score": score(method, seed, step)})
+    curves = pd.DataFrame(rows)
+    falls, early = training_claims(curves, "adaswitch", n_steps=5)
+    assert "first 5 steps" in falls and "n=3" in falls and "reproduced" in falls  # one value per seed and phase
+    assert "step 10" in early and "(onpolicy)" in early and "reproduced" in early
+    assert "adaswitch 0.510 ± 0.010 (n=3)" in early  # the mean over the seeds at step 10, not over all steps
+    rising = curves.assign(loss=[r["loss"] if r["method"] != "adaswitch" else r["step"] / 40 for r in rows])
+    assert "reversed" in training_claims(rising, "adaswitch", n_steps=5)[0]
+    # the first evaluation is adaswitch's own: a rival evaluated earlier does not move it
+    early_rival = pd.concat([curves, pd.DataFrame([{"method": "sft", "seed": 0, "step": 5, "loss": 0.7,
+                                                    "eval_score": 0.9}])])
+    assert "step 10" in training_claims(early_rival, "adaswitch", n_steps=5)[1]
+    alone = curves[curves.method == "adaswitch"]
+    assert "no other method was evaluated at step 10" in training_claims(alone, "adaswitch")[1]
+    assert "eval_every" in training_claims(curves.drop(columns="eval_score"), "adaswitch")[1]
+    # a 3-step run: the two phases never overlap (1 step each), and a 1-step run is too short to compare
+    short = curves[curves.step <= 3]
+    assert "first 1 steps" in training_claims(short, "adaswitch")[0]
+    assert "too few" in training_claims(curves[curves.step == 1], "adaswitch")[0]

@@ -496,3 +496,12 @@ def test_a_cached_run_with_another_learning_curve_is_named(tmp_path, monkeypatch
     assert len(caplog.records) == 1
     message = caplog.records[0].getMessage()
     assert plain.hash() in message and "eval_every=0" in message and "eval_every=2" in message
+    # a curve cached every 2 steps holds every point of one asked every 4 steps, but not of one every 3
+    (d / "result.json").write_text(json.dumps({"hash": plain.hash(), "eval_every": 2, "score": 0.5}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kdlib.experiments"):
+        for every in (2, 4, 0):
+            experiments.run(RunConfig(method="kd", task="arith", student="tiny", steps=4, eval_every=every))
+        assert not caplog.records
+        experiments.run(RunConfig(method="kd", task="arith", student="tiny", steps=4, eval_every=3))
+    assert len(caplog.records) == 1 and "eval_every=2" in caplog.records[0].getMessage()
