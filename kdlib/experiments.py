@@ -162,7 +162,7 @@ def _cached(cfg: RunConfig, d: Path) -> dict:
     if cfg.eval_every and (not cached_every or cfg.eval_every % cached_every):  # a finer curve holds every point
         log.warning("%s (%s %s seed %s): cached with eval_every=%s, so its learning curve lacks points that "
                     "eval_every=%s asks for; delete %s to retrain it with this curve",
-                    d.name, cfg.method, cfg.task, cfg.seed, result.get("eval_every"), cfg.eval_every, d)
+                    d.name, cfg.method, cfg.task, cfg.seed, cached_every, cfg.eval_every, d)
     return result
 
 

@@ -178,6 +178,12 @@ def save_claims(claims: list[str], out_dir, name: str = "claims") -> None:
     (out / f"{name}.md").write_text("".join(f"- {c}\n" for c in claims))
 
 
+def evaluated(curves: pd.DataFrame) -> pd.DataFrame:
+    """The `curves_frame` rows that carry a score: the steps evaluated during training (none when every run
+    had eval_every 0, whose frame has no eval_score column)."""
+    return curves.dropna(subset=["eval_score"]) if "eval_score" in curves else curves.iloc[:0]
+
+
 def training_claims(curves: pd.DataFrame, method: str, *, n_steps: int = 10) -> list[str]:
     """AdaSwitch's two training-dynamics claims, from `curves_frame` rows of one task and one student:
 
@@ -194,12 +200,14 @@ def training_claims(curves: pd.DataFrame, method: str, *, n_steps: int = 10) -> 
     if n < 1:
         lines = [f"the divergence falls during training: {method} logged {len(steps)} step(s), too few to compare"]
     else:
+        def phase(label: str, window: list) -> pd.DataFrame:  # each seed's mean loss over the window
+            return own[own.step.isin(window)].groupby("seed")["loss"].mean().to_frame().assign(phase=label)
+
         first, last = f"first {n} steps", f"last {n} steps"
-        phases = pd.concat([own[own.step.isin(steps[:n])].groupby("seed")["loss"].mean().to_frame().assign(phase=first),
-                            own[own.step.isin(steps[-n:])].groupby("seed")["loss"].mean().to_frame().assign(phase=last)])
+        phases = pd.concat([phase(first, steps[:n]), phase(last, steps[-n:])])
         lines = [claim(phases, "phase", first, last, value="loss",
                        paper=f"the divergence falls during training ({method}'s training loss per token)")]
-    scored = curves.dropna(subset=["eval_score"]) if "eval_score" in curves else curves.iloc[:0]
+    scored = evaluated(curves)
     own_scored = scored[scored.method == method]
     if own_scored.empty:
         return lines + [f"fastest early improvement: {method} was not evaluated during training (set eval_every)"]
