@@ -54,6 +54,9 @@ class RunConfig:
     student_init: str = "sft"
     """'sft': start from the student fine-tuned on the labelled rows (cached); 'scratch': random init of
     an embedded size; 'pretrained': a named model's weights as loaded (paper profile, SmolLM2)."""
+    sft_init_steps: int = 0
+    """Steps of the SFT warm-up that student_init='sft' starts from (0 = the task's recipe, run to its plateau;
+    see kdlib.experiments.sft_init_steps). Independent of `steps`, so every method starts from one student."""
     source: Optional[str] = None
     """Where a step's sequences come from: data | seqkd | sampler | mix | distillm."""
     sampler: Optional[str] = None
@@ -78,8 +81,9 @@ class RunConfig:
     """Linear warm-up steps before cosine decay to 10 % of lr."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm; 0 disables clipping."""
+    max_grad_norm: float = 5.0
+    """Gradient clipping norm; 0 disables clipping. 5: the median distillation gradient norm is 1-2 on the
+    embedded workload, so only outliers are clipped (at 1.0 nearly every step was, equalising step sizes)."""
     max_new_tokens: int = 64
     """Longest sampled or decoded response, in tokens."""
     sample_temperature: float = 1.0
@@ -91,6 +95,10 @@ class RunConfig:
     n_prompts: int = 0
     """Rows the distillation run itself uses (the first n_prompts of n_train; 0 = all n_train). The SFT
     warm-up always uses all n_train labelled rows (GKD Fig. 3: on-policy with 5 % of the prompts)."""
+    n_labelled: int = 0
+    """Rows whose reference responses the run may read: the first n_labelled of the n_train rows (0 = all).
+    The SFT warm-up, SFT, supervised KD and the fixed-data steps of GKD and DistiLLM read only these; SeqKD
+    and the samplers use every prompt. Prompts are cheap and labels are not (GKD Fig. 3)."""
     n_eval: int = 200
     """Held-out rows scored at the end (and at every eval_every)."""
     eval_every: int = 0
@@ -166,7 +174,10 @@ class RunConfig:
         _positive(self, "steps", "batch_size", "lr", "max_new_tokens", "n_train", "n_eval")
         _non_negative(self, "warmup_steps", "weight_decay", "max_grad_norm", "sample_temperature",
                       "micro_batch_size", "eval_every", "chunk_size", "checkpoint_every",
-                      "teacher_steps", "lora_rank", "n_prompts")
+                      "teacher_steps", "lora_rank", "n_prompts", "n_labelled", "sft_init_steps")
+        if self.n_labelled > self.n_train:
+            raise ValueError(f"n_labelled={self.n_labelled} must be <= n_train={self.n_train} (the labelled rows "
+                             "are the first n_labelled of the n_train rows)")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints={self.keep_checkpoints} must be >= 1 (the last good checkpoint "
                              "is what a resumed or failed run falls back on)")
@@ -256,7 +267,8 @@ class RunConfig:
 
 # Fields added after runs were first cached: left out of the hash while at their default, so that an
 # upgrade keeps every existing cache entry (trained teachers, finished runs) valid.
-ADDED_FIELDS = ("teacher_sft", "data_dir", "chat_template_from", "gradient_checkpointing")
+ADDED_FIELDS = ("teacher_sft", "data_dir", "chat_template_from", "gradient_checkpointing", "n_labelled",
+                "sft_init_steps")
 
 
 def _defaults() -> dict:

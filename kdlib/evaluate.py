@@ -67,6 +67,28 @@ def greedy_decode(model, tokenizer, prompts: list[str], *, max_new_tokens: int, 
     return [o.strip() for o in outputs]
 
 
+@torch.no_grad()
+def sample_decode(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float, seed: int,
+                  batch_size: int = 64) -> list[str]:
+    """One response per prompt sampled at `temperature` (the student sampler, KV-cached), from an explicit
+    generator seeded with `seed`: the same call gives the same samples."""
+    from kdlib.samplers import build_sampler
+
+    model.eval()
+    sampler, gen = build_sampler("student"), torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    texts = []
+    for i in range(0, len(prompts), batch_size):
+        ids, mask = encode_prompts(tokenizer, prompts[i:i + batch_size], device)
+        ro = sampler.sample(model, None, ids, mask, max_new_tokens=max_new_tokens,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                            temperature=temperature, generator=gen)
+        resp = ro.input_ids[:, ro.prompt_length:].masked_fill(~ro.response_mask[:, ro.prompt_length:],
+                                                              tokenizer.pad_token_id)
+        texts += [t.strip() for t in tokenizer.batch_decode(resp, skip_special_tokens=True)]
+    return texts
+
+
 def score_rows(rows: list[dict], predictions: list[str], metric: str) -> list[dict]:
     """Per-example records: prompt, reference, prediction, score, reference length."""
     records = []
@@ -94,10 +116,15 @@ def length_buckets(records: list[dict], edges=(0, 12, 24, 36, 1_000_000)) -> lis
 
 
 def evaluate(model, tokenizer, rows: list[dict], *, metric: str, max_new_tokens: int,
-             out_path=None, progress: bool = False) -> dict:
-    """Score `model` on `rows`; write per-example outputs to `out_path` (JSONL) when given."""
-    preds = greedy_decode(model, tokenizer, [r["prompt"] for r in rows],
-                          max_new_tokens=max_new_tokens, progress=progress)
+             out_path=None, progress: bool = False, temperature: float = 0.0, seed: int = 0) -> dict:
+    """Score `model` on `rows`, greedy (temperature 0) or one sample per row at `temperature` drawn with
+    `seed`; write per-example outputs to `out_path` (JSONL) when given."""
+    prompts = [r["prompt"] for r in rows]
+    if temperature > 0:
+        preds = sample_decode(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                              seed=seed)
+    else:
+        preds = greedy_decode(model, tokenizer, prompts, max_new_tokens=max_new_tokens, progress=progress)
     records = score_rows(rows, preds, metric)
     if out_path is not None:
         out_path = Path(out_path)
@@ -147,20 +174,9 @@ def self_bleu(samples: list[str]) -> float:
 def quality_and_diversity(model, tokenizer, rows: list[dict], *, metric: str, temperature: float,
                           n_samples: int, max_new_tokens: int, seed: int = 0) -> dict:
     """Sample `n_samples` responses per prompt at `temperature`: mean score and mean self-BLEU."""
-    from kdlib.samplers import build_sampler
-
-    sampler, gen = build_sampler("student"), torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
     prompts = [r["prompt"] for r in rows for _ in range(n_samples)]
-    texts = []
-    for i in range(0, len(prompts), 64):
-        ids, mask = encode_prompts(tokenizer, prompts[i:i + 64], device)
-        ro = sampler.sample(model, None, ids, mask, max_new_tokens=max_new_tokens,
-                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                            temperature=temperature, generator=gen)
-        resp = ro.input_ids[:, ro.prompt_length:].masked_fill(~ro.response_mask[:, ro.prompt_length:],
-                                                              tokenizer.pad_token_id)
-        texts += [t.strip() for t in tokenizer.batch_decode(resp, skip_special_tokens=True)]
+    texts = sample_decode(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                          seed=seed)
     groups = [texts[i:i + n_samples] for i in range(0, len(texts), n_samples)]
     records = score_rows([r for r in rows for _ in range(n_samples)], texts, metric)
     return {"temperature": temperature, "score": sum(r["score"] for r in records) / len(records),

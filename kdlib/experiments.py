@@ -28,15 +28,18 @@ log = logging.getLogger(__name__)
 # The teacher recipe per task: SFT from scratch on the full training pool (measured in the workload
 # report, figures/01_gkd/workload.md).
 TEACHER_STEPS = {"arith": 1200, "summ": 1000}
-# The student's supervised warm-up before distillation (GKD and AdaSwitch start from an SFT student).
-SFT_INIT_STEPS = 300
+# The student's supervised warm-up before distillation (GKD and AdaSwitch start from an SFT student): run to
+# its plateau on the labelled rows, the same for every method and independent of the distillation's steps
+# (measured in docs/workload.md). The `tiny` size of tests and smoke runs takes a few steps.
+SFT_INIT_STEPS = {"arith": 1500, "summ": 300}
+SFT_INIT_STEPS_TINY = 12
 
 
 def teacher_recipe(task: str, size: str = "teacher", steps: int | None = None) -> RunConfig:
     """The embedded teacher: SFT from scratch on the whole training pool, scored on 300 held-out rows per
     split (8 for the `tiny` size of tests and smoke runs, whose score nobody reads)."""
     return RunConfig(method="sft", task=task, student=size, student_init="scratch", n_train=40000,
-                     steps=steps or TEACHER_STEPS[task], batch_size=32, lr=1e-3, warmup_steps=50,
+                     steps=steps or TEACHER_STEPS[task], batch_size=32, lr=1e-3, warmup_steps=50, max_grad_norm=1.0,
                      checkpoint_every=100,
                      eval_splits=tuple(s for s in workload.TASK_SPLITS[task] if s != "train"),
                      n_eval=8 if size == "tiny" else 300)
@@ -53,18 +56,29 @@ def teacher_config(cfg: RunConfig) -> RunConfig:
                         "eval_splits": (cfg.eval_splits[0],), **cfg.teacher_sft})
 
 
+def sft_init_steps(cfg: RunConfig) -> int:
+    """The warm-up's steps: `cfg.sft_init_steps`, else the task's SFT_INIT_STEPS (SFT_INIT_STEPS_TINY for the
+    `tiny` size), else the run's own steps (a task of the user's or the paper profile's)."""
+    if cfg.sft_init_steps:
+        return cfg.sft_init_steps
+    if cfg.student == "tiny":
+        return SFT_INIT_STEPS_TINY
+    return SFT_INIT_STEPS.get(cfg.task, cfg.steps) if cfg.profile == "embedded" else cfg.steps
+
+
 def sft_init_recipe(cfg: RunConfig) -> RunConfig:
-    """The supervised warm-up that `student_init='sft'` starts from: same student, task, rows, seed.
-    Embedded: SFT_INIT_STEPS at lr 3e-3. Paper profile: the run's own steps and lr (CHOSEN: the papers
-    start from SFT students but their warm-up budgets are not all stated)."""
+    """The supervised warm-up that `student_init='sft'` starts from: same student, task, labelled rows
+    (`n_labelled`, else all `n_train`), seed. Embedded: `sft_init_steps` at lr 3e-3, clipped at 1.0.
+    Paper profile: the run's own lr (CHOSEN: the papers start from SFT students but their warm-up budgets
+    are not all stated)."""
     if cfg.student in EMBEDDED_SIZES:
         return RunConfig(method="sft", task=cfg.task, student=cfg.student, student_init="scratch",
-                         n_train=cfg.n_train, steps=min(SFT_INIT_STEPS, cfg.steps * 3), batch_size=32,
-                         lr=3e-3, warmup_steps=20, seed=cfg.seed, n_eval=cfg.n_eval,
+                         n_train=cfg.n_labelled or cfg.n_train, steps=sft_init_steps(cfg), batch_size=32,
+                         lr=3e-3, warmup_steps=20, max_grad_norm=1.0, seed=cfg.seed, n_eval=cfg.n_eval,
                          eval_splits=cfg.eval_splits, max_new_tokens=cfg.max_new_tokens)
     return RunConfig(**{**_shared_fields(cfg), "method": "sft", "teacher": cfg.teacher, "student": cfg.student,
-                        "student_init": "pretrained", "steps": cfg.steps, "lr": cfg.lr, "n_prompts": 0,
-                        "lora_rank": cfg.lora_rank, "seed": cfg.seed, "eval_splits": cfg.eval_splits,
+                        "student_init": "pretrained", "steps": sft_init_steps(cfg), "lr": cfg.lr, "n_prompts": 0,
+                        "n_train": cfg.n_labelled or cfg.n_train, "lora_rank": cfg.lora_rank, "seed": cfg.seed, "eval_splits": cfg.eval_splits,
                         "chat_template_from": cfg.chat_template_from})
 
 
@@ -244,8 +258,9 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
         rows = seqkd_rows(cfg, teacher, tok, rows)
     from accelerate import PartialState
 
+    labelled = rows[:cfg.n_labelled] if cfg.n_labelled else None  # None: every row is labelled
     source = build_source(r["source"], rows, cfg.seed, cfg.student_data_fraction,
-                          rank=PartialState().process_index, steps=cfg.steps)
+                          rank=PartialState().process_index, steps=cfg.steps, labelled=labelled)
     sampler = samplers.build_sampler(r["sampler"], **r["sampler_params"]) if r["sampler"] else None
     curve_rows = load_rows(cfg, cfg.eval_splits[0], cfg.n_eval, tok)
     val_rows = validation_rows(cfg, tok) if r["source"] == "distillm" else None
@@ -266,18 +281,29 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
     return json.loads((d / "result.json").read_text())
 
 
+# The first evaluation split is scored twice: greedy, and one sample per row at temperature 1 (the protocol of the
+# MiniLLM / DistiLLM tables that SWITCH follows; GKD reports both). The sampled score's column is
+# "<split>_t1"; its samples are drawn from a generator seeded with the run's seed plus this offset, so two
+# methods at one seed are scored on the same items with the same stream of random numbers.
+SAMPLED_SUFFIX, SAMPLE_SEED_OFFSET = "_t1", 7919
+
+
 def score_splits(cfg: RunConfig, model, tok, out_dir: Path | None, progress: bool) -> dict:
-    """Greedy-decode and score `model` on each of `cfg.eval_splits` (n_eval rows each): {label: result of
-    kdlib.evaluate.evaluate}; per-example predictions to out_dir/predictions-<label>.jsonl when given."""
+    """Decode and score `model` on each of `cfg.eval_splits` (n_eval rows each) greedily (`label`), and the
+    first split also sampled at temperature 1 (`label` + "_t1"): {label: result of kdlib.evaluate.evaluate};
+    per-example predictions to out_dir/predictions-<label>.jsonl when given."""
     from kdlib import evaluate as ev
 
     scores = {}
-    for split in cfg.eval_splits:
-        label = split_label(split)
-        scores[label] = ev.evaluate(model, tok, load_rows(cfg, split, cfg.n_eval, tok),
-                                    metric=task_metric(cfg, split), max_new_tokens=cfg.max_new_tokens,
-                                    out_path=out_dir / f"predictions-{label}.jsonl" if out_dir else None,
-                                    progress=progress)
+    for i, split in enumerate(cfg.eval_splits):
+        rows = load_rows(cfg, split, cfg.n_eval, tok)
+        decodings = [(split_label(split), 0.0)] + [(split_label(split) + SAMPLED_SUFFIX, 1.0)] * (i == 0)
+        for label, temperature in decodings:
+            scores[label] = ev.evaluate(model, tok, rows, metric=task_metric(cfg, split),
+                                        max_new_tokens=cfg.max_new_tokens, temperature=temperature,
+                                        seed=cfg.seed + SAMPLE_SEED_OFFSET,
+                                        out_path=out_dir / f"predictions-{label}.jsonl" if out_dir else None,
+                                        progress=progress)
     return scores
 
 

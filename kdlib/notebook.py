@@ -15,8 +15,21 @@ import pandas as pd
 from kdlib.config import RunConfig
 
 # Smallest settings: every cell runs, in seconds, on tiny models (used by `make smoke` / the tests).
-SMOKE = dict(teacher="tiny", teacher_steps=5, student="tiny", steps=3, n_train=64, n_eval=8,
+SMOKE = dict(teacher="tiny", teacher_steps=5, student="tiny", steps=3, n_train=64, n_labelled=16, n_eval=8,
              batch_size=8, max_new_tokens=48, eval_every=2)
+
+# The embedded protocol (docs/workload.md): labels are scarcer than prompts, as in real distillation (GKD
+# Fig. 3). The student is warmed up by SFT to its plateau on the n_labelled labelled rows; then every method
+# runs `steps` optimizer steps from it: SFT and supervised KD on the labelled rows, SeqKD and the samplers on
+# all n_train prompts. Scores on 1 000 held-out rows, greedy and sampled at temperature 1.
+PROTOCOL = {"summ": dict(n_train=4000, n_labelled=100), "arith": dict(n_train=4000, n_labelled=1000)}
+PROTOCOL_STEPS, PROTOCOL_EVAL = 150, 1000
+
+
+def protocol(task: str, **over) -> dict:
+    """The base config of the embedded protocol for `task` (PROTOCOL), with `over` on top."""
+    return {"task": task, **PROTOCOL.get(task, {}), "steps": PROTOCOL_STEPS, "n_eval": PROTOCOL_EVAL,
+            "eval_splits": eval_splits(task), **over}
 
 
 def grid(base: dict, smoke: bool = False, **axes) -> list[RunConfig]:
@@ -74,23 +87,46 @@ def eval_splits(task: str) -> tuple:
     return tuple(s for s in workload.TASK_SPLITS.get(task, ("train", "test")) if s != "train")
 
 
-def workload_report(tasks: list[str], students: list[str], *, n_train: int, steps: int,
-                    smoke: bool = False) -> pd.DataFrame:
+def workload_report(tasks: list[str], students: list[str], *, smoke: bool = False) -> pd.DataFrame:
     """The embedded workload table: per task, the teacher (`kdlib.experiments.teacher_recipe`) and each
-    student trained by SFT alone on `n_train` rows (`sft_init_recipe`, the warm-up every distillation
-    method starts from), with parameters, training minutes, steps, rows and a score per held-out set.
-    Trains what is not cached yet."""
+    student warmed up by SFT on the protocol's labelled rows (`sft_init_recipe`, the start every distillation
+    method shares), with parameters, training minutes, steps, rows and a score per held-out set (greedy, and
+    "_t1": sampled at temperature 1). Trains what is not cached yet."""
     from kdlib.experiments import run, run_grid, sft_init_recipe, teacher_config
 
     parts = []
     for task in tasks:
-        base = dict(task=task, n_train=n_train, steps=steps, eval_splits=eval_splits(task))
+        base = protocol(task)
         sft = [sft_init_recipe(c) for c in grid(base, smoke, student=students)]
         report = [run(teacher_config(grid(base, smoke)[0]))] + run_grid(sft)
-        roles = ["teacher"] + ["student (SFT only)"] * len(sft)
+        roles = ["teacher"] + ["student (SFT warm-up)"] * len(sft)
         parts.append(workload_frame(report, roles).assign(task=task))
     table = pd.concat(parts, ignore_index=True)
     return table[["task"] + [c for c in table if c != "task"]]
+
+
+def mechanisms_report(tasks: list[str], student: str = "student-s", *, n_rows: int = 200,
+                      smoke: bool = False) -> pd.DataFrame:
+    """What the papers' methods rely on, per task (`kdlib.mechanisms`), on `n_rows` test rows: the teacher's
+    entropy and top-1 agreement with the references, the warmed-up student's exposure gap, and whether the
+    teacher recovers after the student's first slip. Reads the cached teacher and seed-0 warm-up."""
+    from kdlib import mechanisms
+    from kdlib.experiments import load_rows, run_dir, sft_init_recipe, task_metric, teacher_config, trained_model
+
+    out = []
+    for task in tasks:
+        cfg = grid(protocol(task, student=student), smoke)[0]
+        student_model, tok = trained_model(sft_init_recipe(cfg), progress=False)
+        from kdlib.models import load_model
+
+        teacher = load_model(str(run_dir(teacher_config(cfg)) / "model"))
+        rows = load_rows(cfg, "test", 16 if smoke else n_rows)
+        kw = dict(max_new_tokens=cfg.max_new_tokens)
+        out.append({"task": task, **mechanisms.teacher_on_references(teacher, tok, rows, **kw),
+                    **mechanisms.exposure_gap(student_model, teacher, tok, rows, **kw),
+                    **{f"recovery_{k}": v for k, v in mechanisms.teacher_recovery(
+                        student_model, teacher, tok, rows, metric=task_metric(cfg), **kw).items()}})
+    return pd.DataFrame(out)
 
 
 def table_configs(profile: str, table: str, embedded: list[RunConfig], seeds) -> list[RunConfig]:
@@ -167,6 +203,160 @@ def claim(df: pd.DataFrame, by: str, better, worse, *, value: str = "score", pap
         verdict = "NOT REPRODUCED: the order is reversed here"
     return (f"{paper}: {better} {ma:.3f} ± {sa:.3f} (n={na}) vs {worse} {mb:.3f} ± {sb:.3f} (n={nb}), "
             f"difference {diff:+.3f} → {verdict}")
+
+
+def item_scores(results: list[dict], split: str = "test", settings=None) -> pd.DataFrame:
+    """Per-item scores of finished runs on one evaluation set (`split`, e.g. "test", "plus", "test_t1" for
+    the temperature-1 samples): one row per (run, item) with method, seed, student, task, item id, score,
+    and `settings[i]` as column "setting" for the i-th run when given; read from each run's
+    predictions-<split>.jsonl in the run cache."""
+    from kdlib.workload import cache_root
+
+    rows = []
+    for k, r in enumerate(results):
+        path = cache_root() / "runs" / r["hash"] / f"predictions-{split}.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: run {r['hash']} ({r['method']} seed {r['seed']}) has no per-item "
+                                    f"scores for {split!r}; its evaluation sets are {r.get('eval_splits')}")
+        for i, line in enumerate(path.read_text().splitlines()):
+            rec = json.loads(line)
+            rows.append({"method": r["method"], "seed": r["seed"], "student": r["student"], "task": r["task"],
+                         "item": rec.get("id") or i, "ref_words": rec.get("ref_words"), "score": rec["score"],
+                         **({"setting": settings[k]} if settings is not None else {})})
+    return pd.DataFrame(rows)
+
+
+def paired_claim(items: pd.DataFrame, by: str, better, worse, *, paper: str = "", value: str = "score") -> str:
+    """One claim line: `better` > `worse` (values of column `by` of a per-item frame, `item_scores`), compared
+    item by item at each shared seed, with the 95 % bootstrap interval of the mean difference and the verdict
+    (`kdlib.stats`): reproduced (interval above 0), reversed (below 0) or not separated (contains 0)."""
+    from kdlib import stats
+
+    try:
+        r = stats.compare(items, better, worse, by=by, value=value)
+    except ValueError as e:
+        return f"{paper}: {e}"
+    return f"{paper}: {r.describe(str(better), str(worse))}"
+
+
+def paired_table(results: list[dict], pairs, *, evals=None, settings=None) -> pd.DataFrame:
+    """Paired comparisons (`kdlib.stats.compare`) of runs that share seeds and test items: for each
+    (better, worse) in `pairs` (methods, or values of `settings`, one label per run, when given) and each
+    evaluation set (`evals`, default every scored set: greedy "test", sampled "test_t1", ...), one row with both means,
+    the mean paired difference, its 95 % interval, the seeds and items compared, and the verdict."""
+    from kdlib import stats
+    from kdlib.experiments import SAMPLED_SUFFIX
+
+    sets = evals or [k[len("score_"):] for k in results[0] if k.startswith("score_")]
+    rows = []
+    for split in sets:
+        items = item_scores(results, split, settings)
+        for better, worse in pairs:
+            d = stats.compare(items, better, worse, by="method" if settings is None else "setting")
+            rows.append({"eval": split.removesuffix(SAMPLED_SUFFIX),
+                         "decoding": "sampled T=1" if split.endswith(SAMPLED_SUFFIX) else "greedy",
+                         "better": better, "worse": worse, "mean_better": d.mean_a, "mean_worse": d.mean_b,
+                         "difference": d.diff, "ci_low": d.low, "ci_high": d.high, "seeds": d.n_seeds,
+                         "items": d.n_items, "verdict": d.verdict})
+    return pd.DataFrame(rows)
+
+
+def paired_table_by(results: list[dict], field: str, pairs, **kw) -> pd.DataFrame:
+    """`paired_table` within each value of a result field (e.g. student, task), with that value as "group"."""
+    groups = list(dict.fromkeys(r[field] for r in results))
+    return pd.concat([paired_table([r for r in results if r[field] == g], pairs, **kw).assign(group=g)
+                      for g in groups], ignore_index=True)
+
+
+LENGTH_EDGES = (0, 12, 24, 36, 1_000_000)  # reference length in words, as kdlib.evaluate.length_buckets
+
+
+def _bucket(words: int, edges=LENGTH_EDGES) -> str:
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        if lo <= words < hi:
+            return f"{lo}-{hi - 1}" if hi < 1_000_000 else f"{lo}+"
+    raise ValueError(f"reference length {words} is outside {edges}")
+
+
+def paired_by_length(results: list[dict], better: str, worse: str, split: str = "test") -> pd.DataFrame:
+    """`better` − `worse` paired per seed and item within each reference-length bucket (LENGTH_EDGES), one row
+    per bucket (as `paired_table`, with the bucket as "group"), shortest first."""
+    from kdlib import stats
+
+    items = item_scores(results, split)
+    items["bucket"] = [_bucket(w) for w in items["ref_words"]]
+    rows = []
+    for b in dict.fromkeys(_bucket(lo) for lo in LENGTH_EDGES[:-1]):
+        sub = items[items.bucket == b]
+        if sub.empty:
+            continue
+        d = stats.compare(sub, better, worse)
+        rows.append({"group": b, "eval": split, "decoding": "greedy", "better": better, "worse": worse,
+                     "mean_better": d.mean_a, "mean_worse": d.mean_b, "difference": d.diff, "ci_low": d.low,
+                     "ci_high": d.high, "seeds": d.n_seeds, "items": d.n_items, "verdict": d.verdict})
+    return pd.DataFrame(rows)
+
+
+def gain_grows_claim(results: list[dict], better: str, worse: str, *, paper: str, split: str = "test") -> str:
+    """`better`'s paired gain over `worse` is larger on the longest responses (last LENGTH_EDGES bucket) than
+    on the shortest, with the 95 % interval of the difference of the two gains (`kdlib.stats.gain_gap`)."""
+    from kdlib import stats
+
+    items = item_scores(results, split)
+    items["bucket"] = [_bucket(w) for w in items["ref_words"]]
+    present = [b for b in dict.fromkeys(_bucket(lo) for lo in LENGTH_EDGES[:-1]) if b in set(items.bucket)]
+    if len(present) < 2:
+        return f"{paper}: fewer than two length buckets"
+
+    def gains(bucket):
+        sub = items[items.bucket == bucket]
+        a = sub[sub.method == better].pivot_table(index="seed", columns="item", values="score")
+        b = sub[sub.method == worse].pivot_table(index="seed", columns="item", values="score")
+        seeds, cols = sorted(set(a.index) & set(b.index)), sorted(set(a.columns) & set(b.columns))
+        return (a.loc[seeds, cols] - b.loc[seeds, cols]).to_numpy()
+
+    r = stats.gain_gap(gains(present[-1]), gains(present[0]))
+    return (f"{paper}: {better} − {worse} is {r.mean_a:+.3f} on responses of {present[-1]} words and {r.mean_b:+.3f} "
+            f"on {present[0]} words; their difference {r.diff:+.3f} [95 % CI {r.low:+.3f}, {r.high:+.3f}] over "
+            f"{r.n_seeds} seed(s) → {r.verdict}")
+
+
+def best_baseline(results: list[dict], method: str, score: str = "score") -> str:
+    """The method other than `method` with the highest mean `score` (greedy, first evaluation set)."""
+    means = results_frame(results).groupby("method")[score].mean().drop(method, errors="ignore")
+    if means.empty:
+        raise ValueError(f"no baseline besides {method!r} among the results")
+    return str(means.idxmax())
+
+
+def paired_claims(table: pd.DataFrame, paper: str) -> list[str]:
+    """One claim line per row of `paired_table`, prefixed with what the paper claims."""
+    return [f"{paper} [{(r.group + ', ') if 'group' in table else ''}{r.eval}, {r.decoding}]: {r.better} {r.mean_better:.3f} vs {r.worse} {r.mean_worse:.3f}, "
+            f"paired difference {r.difference:+.3f} [95 % CI {r.ci_low:+.3f}, {r.ci_high:+.3f}] over {r.seeds} "
+            f"seed(s) × {r.items} items → {r.verdict}" for r in table.itertuples()]
+
+
+def seed_claim(df: pd.DataFrame, by: str, better, worse, *, value: str = "score", paper: str = "",
+               paired: bool = True) -> str:
+    """A claim on one number per run (a sampled score, self-BLEU, a switch rate): `better` > `worse`, values
+    of column `by`, with the 95 % bootstrap interval of the difference over seeds — paired by seed when the
+    two groups share each seed's warm-up (`paired`), else resampled independently (e.g. two tasks)."""
+    from kdlib import stats
+
+    a = df[df[by] == better].groupby("seed")[value].mean()
+    b = df[df[by] == worse].groupby("seed")[value].mean()
+    try:
+        if paired:
+            seeds = sorted(set(a.index) & set(b.index))
+            if not seeds:
+                raise ValueError(f"{better!r} and {worse!r} share no seed")
+            r = stats.paired_bootstrap(a.loc[seeds].to_numpy()[:, None], b.loc[seeds].to_numpy()[:, None])
+        else:
+            r = stats.independent_bootstrap(a.to_numpy(), b.to_numpy())
+    except ValueError as e:
+        return f"{paper}: {e}"
+    text = r.describe(str(better), str(worse)).replace(f" × {r.n_items} items", "")
+    return f"{paper}: {text}" + ("" if paired else " (unpaired)")
 
 
 def save_claims(claims: list[str], out_dir, name: str = "claims") -> None:
@@ -270,6 +460,34 @@ def quality_diversity_frame(configs: list[RunConfig], temperatures, *, n_rows: i
                                        n_samples=n_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
             points.append({"divergence": divergence_label(cfg), "seed": cfg.seed, **qd})
     return pd.DataFrame(points)
+
+
+def switch_positions(cfg: RunConfig, *, n_rows: int = 256, seed: int = 0) -> pd.DataFrame:
+    """Where `cfg`'s sampler hands over to the teacher, at the start of its distillation: its sampler run with
+    the warmed-up student (`sft_init_recipe`) and the teacher on `n_rows` training prompts past the
+    distillation's own, at the sampling temperature. One row per prompt: switched, position (tokens) and
+    position relative to the response length."""
+    import torch
+
+    from kdlib import samplers
+    from kdlib.data import encode_prompts
+    from kdlib.experiments import load_rows, run_dir, sft_init_recipe, teacher_config, trained_model
+    from kdlib.models import load_model
+
+    student, tok = trained_model(sft_init_recipe(cfg), progress=False)
+    teacher = load_model(str(run_dir(teacher_config(cfg)) / "model"))
+    rows = load_rows(cfg, "train")[cfg.n_train:cfg.n_train + n_rows]
+    r = cfg.resolved
+    sampler = samplers.build_sampler(r["sampler"], **r["sampler_params"])
+    ids, mask = encode_prompts(tok, [row["prompt"] for row in rows])
+    ro = sampler.sample(student, teacher, ids, mask, max_new_tokens=cfg.max_new_tokens,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                        temperature=cfg.sample_temperature, generator=torch.Generator().manual_seed(seed))
+    pos = ro.stats["switch_positions"]
+    length = ro.response_mask.sum(1).clamp_min(1)
+    return pd.DataFrame({"task": cfg.task, "switched": (pos >= 0).numpy(), "position": pos.numpy(),
+                         "relative_position": (pos.clamp_min(0) / length).numpy(),
+                         "teacher_fraction": ro.stats["teacher_fraction"]})
 
 
 def finished_runs() -> set:

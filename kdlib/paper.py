@@ -410,7 +410,7 @@ class PaperRun:
 
 def table_runs(name: str, seeds=(0,)) -> list[PaperRun]:
     """Every run of one paper table, as RunConfigs of the paper profile."""
-    from kdlib.config import RunConfig
+    from kdlib.config import METHODS, RunConfig
 
     t = TABLES[name]
     out = []
@@ -433,6 +433,9 @@ def table_runs(name: str, seeds=(0,)) -> list[PaperRun]:
                     share = fields.pop("prompt_share", None)
                     if fields.get("method") == "distillm":  # its schedule needs validation scores
                         fields["eval_every"] = max(1, steps // 20)
+                    sampler = fields.get("sampler") or METHODS[fields["method"]][1]
+                    if sampler in PAPER_SAMPLER_PARAMS:  # the paper scale's values, not the embedded calibration
+                        fields["sampler_params"] = {**PAPER_SAMPLER_PARAMS[sampler], **fields.get("sampler_params", {})}
                     if t.paper == "switch" and fields.get("method") == "switch":
                         # CHOSEN: the embedded defaults scaled to Dolly's ~10x longer responses (the
                         # threshold would otherwise be ~0 after 100 tokens); re-tune with 02_switch.
@@ -445,6 +448,7 @@ def table_runs(name: str, seeds=(0,)) -> list[PaperRun]:
                                     eval_splits=tuple(t.eval_sets.get(dataset, ("test",))), n_eval=N_EVAL,
                                     gradient_checkpointing=MODELS[student].params > 1e9,
                                     warmup_steps=0, weight_decay=0.01, checkpoint_every=500,
+                                    **({} if "max_grad_norm" in {**over, **fields} else {"max_grad_norm": 1.0}),
                                     teacher_steps=teacher_steps, teacher_sft=tsft, chat_template_from=pair.chat_template_from,
                                     micro_batch_size=min(8, batch), **over, **fields)
                     if cfg.method == "sft":  # the SFT baseline is the warm-up itself; no teacher
@@ -459,6 +463,12 @@ def table_runs(name: str, seeds=(0,)) -> list[PaperRun]:
 # GPU-hour estimate.
 
 A100_BF16_FLOPS = 312e12  # peak dense bf16 FLOP/s of one A100
+# The samplers' values at the papers' scale (vocabularies of 32k-256k), not the embedded calibration
+# (kdlib.samplers.SAMPLER_DEFAULTS, chosen for a 197-word vocabulary): SKD's reference top_k 25; SWITCH's and
+# AdaSwitch's are not in the papers' text and stay CHOSEN (the values first chosen for kdlib; re-tune them
+# with notebooks 02 and 03 on a GPU). Gradient clipping stays at 1.0, the usual value for LLM fine-tuning.
+PAPER_SAMPLER_PARAMS = {"skd": {"top_k": 25}, "switch": {"tau0": 0.05, "decay": 0.05}, "adaswitch": {"k": 2.0, "window": 4}}
+
 MFU_TRAIN = 0.40  # CHOSEN: achieved share of peak for forward/backward over full sequences
 MFU_DECODE = 0.05  # CHOSEN: token-by-token generation is memory bound (small batches, KV cache reads)
 

@@ -86,3 +86,32 @@ def bars(df: pd.DataFrame, x: str, y: str = "score", *, hue: str | None = None, 
     ax.set(xlabel=x, ylabel=ylabel, title=title)
     ax.tick_params(axis="x", labelrotation=30)
     return fig
+
+
+def differences(table: pd.DataFrame, *, title: str = "", label: str = "paired difference (better − worse)"):
+    """The paired differences of `kdlib.notebook.paired_table` with their 95 % intervals, one row per
+    comparison, one panel per decoding (greedy, sampled): a dot right of the zero line whose interval does
+    not cross it is a separated effect in the paper's direction."""
+    t = table.assign(comparison=(table["group"].astype(str) + ": " if "group" in table else "")
+                     + table["better"].astype(str) + " − " + table["worse"].astype(str)
+                     + (" (" + table["eval"] + ")" if table["eval"].nunique() > 1 else ""))
+    panels = list(dict.fromkeys(t["decoding"]))
+    rows = list(dict.fromkeys(t["comparison"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, 0.45 * len(rows) + 1.4),
+                             sharey=True, squeeze=False)
+    colors = {"reproduced": "tab:green", "not separated": "0.45", "reversed": "tab:red"}
+    for ax, panel in zip(axes[0], panels):
+        sub = t[t["decoding"] == panel].set_index("comparison").reindex(rows)
+        y = range(len(rows))
+        for yi, (_, r) in zip(y, sub.iterrows()):
+            if pd.isna(r["difference"]):
+                continue
+            ax.errorbar(r["difference"], yi, xerr=[[r["difference"] - r["ci_low"]], [r["ci_high"] - r["difference"]]],
+                        fmt="o", color=colors.get(r["verdict"], "0.2"), capsize=3)
+        ax.axvline(0, color="0.3", lw=0.8, ls="--")
+        ax.set(title=panel, xlabel=label)
+        ax.set_yticks(list(y), rows)
+        ax.invert_yaxis() if ax is axes[0][0] else None
+    if title:
+        fig.suptitle(title, y=1.02)
+    return fig

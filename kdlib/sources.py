@@ -64,22 +64,27 @@ class Source:
 
     uses_sampler = False
 
-    def __init__(self, rows: list[dict], seed: int, rank: int = 0):
+    def __init__(self, rows: list[dict], seed: int, rank: int = 0, labelled: list[dict] | None = None):
         self.rows, self.picker = rows, RowPicker(len(rows), seed)
+        # the rows whose reference responses may be read (n_labelled); the prompts' order when all are
+        self.labelled = rows if labelled is None else labelled
+        self.label_picker = self.picker if labelled is None else RowPicker(len(labelled), seed + 4)
         # sampling differs per process; the row order (and the coins below) are shared by all
         self.sample_gen = torch.Generator().manual_seed(seed + 1 + 1000 * rank)
 
     def batch(self, ctx: StepContext, k: int) -> tuple[SequenceBatch, str]:
         raise NotImplementedError
 
-    def take_rows(self, ctx, k) -> list[dict]:
+    def take_rows(self, ctx, k, labelled: bool = False) -> list[dict]:
         """This process's k rows out of the k * world rows every process draws in the same order,
-        so N processes see exactly the rows one process would see at N times the batch."""
-        idx = self.picker.take(k * ctx.world)[ctx.rank * k:(ctx.rank + 1) * k]
-        return [self.rows[i] for i in idx]
+        so N processes see exactly the rows one process would see at N times the batch. `labelled`: from
+        the rows whose reference responses may be read."""
+        picker, rows = (self.label_picker, self.labelled) if labelled else (self.picker, self.rows)
+        idx = picker.take(k * ctx.world)[ctx.rank * k:(ctx.rank + 1) * k]
+        return [rows[i] for i in idx]
 
     def fixed(self, ctx, k, field_name="response") -> SequenceBatch:
-        rows = self.take_rows(ctx, k)
+        rows = self.take_rows(ctx, k, labelled=field_name == "response")
         return encode_batch(ctx.tokenizer, [r["prompt"] for r in rows], [r[field_name] for r in rows],
                             ctx.max_new_tokens).to(ctx.device)
 
@@ -97,11 +102,16 @@ class Source:
                              rollout.prompt_length, rollout.teacher_logits, rollout.from_teacher)
 
     def state_dict(self):
-        return {"picker": self.picker.state_dict(), "sample_gen": self.sample_gen.get_state()}
+        out = {"picker": self.picker.state_dict(), "sample_gen": self.sample_gen.get_state()}
+        if self.label_picker is not self.picker:
+            out["label_picker"] = self.label_picker.state_dict()
+        return out
 
     def load_state_dict(self, s):
         self.picker.load_state_dict(s["picker"])
         self.sample_gen.set_state(s["sample_gen"])
+        if "label_picker" in s:
+            self.label_picker.load_state_dict(s["label_picker"])
 
 
 class DataSource(Source):
@@ -129,8 +139,8 @@ class MixSource(Source):
 
     uses_sampler = True
 
-    def __init__(self, rows, seed, student_data_fraction: float, rank: int = 0):
-        super().__init__(rows, seed, rank)
+    def __init__(self, rows, seed, student_data_fraction: float, rank: int = 0, labelled=None):
+        super().__init__(rows, seed, rank, labelled)
         self.fraction = student_data_fraction
         self.coin_gen = torch.Generator().manual_seed(seed + 2)
         self.use_sampler = False
@@ -204,8 +214,8 @@ class DistiLLMSource(Source):
     uses_sampler = True
 
     def __init__(self, rows, seed, rank=0, *, steps: int, initial_fraction=0.0, increment=0.1,
-                 loss_margin=0.1, capacity=1000):
-        super().__init__(rows, seed, rank)
+                 loss_margin=0.1, capacity=1000, labelled=None):
+        super().__init__(rows, seed, rank, labelled)
         self.steps, self.increment, self.loss_margin = steps, increment, loss_margin
         self.fraction, self.buffer = initial_fraction, ReplayBuffer(capacity)
         self.coin_gen = torch.Generator().manual_seed(seed + 3)  # shared by all processes
@@ -252,14 +262,15 @@ SOURCE_CLASSES = {"data": DataSource, "seqkd": SeqKDSource, "sampler": SamplerSo
 
 
 def build_source(name: str, rows: list[dict], seed: int, student_data_fraction: float = 0.5,
-                 rank: int = 0, steps: int = 0) -> Source:
-    """The data source `name` over `rows`; `steps` (the run's optimizer steps) paces DistiLLM's replay."""
+                 rank: int = 0, steps: int = 0, labelled: list[dict] | None = None) -> Source:
+    """The data source `name` over `rows`; `steps` (the run's optimizer steps) paces DistiLLM's replay;
+    `labelled` (default: all of `rows`) are the rows whose reference responses fixed-data steps read."""
     if name == "mix":
-        return MixSource(rows, seed, student_data_fraction, rank)
+        return MixSource(rows, seed, student_data_fraction, rank, labelled)
     if name == "distillm":
         if steps < 1:
             raise ValueError("the distillm source needs the run's number of optimizer steps (steps >= 1)")
-        return DistiLLMSource(rows, seed, rank, steps=steps)
+        return DistiLLMSource(rows, seed, rank, steps=steps, labelled=labelled)
     if name not in SOURCE_CLASSES:
         raise ValueError(f"unknown data source {name!r}; choose one of {sorted(SOURCE_CLASSES) + ['mix']}")
-    return SOURCE_CLASSES[name](rows, seed, rank)
+    return SOURCE_CLASSES[name](rows, seed, rank, labelled)

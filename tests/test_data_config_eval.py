@@ -187,7 +187,8 @@ def test_eval_scores_an_existing_model_directory(tokenizer, tmp_path, capsys):
                  "--model", str(model_dir), "--quiet"]) == 0
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads((model_dir / "eval" / "scores.json").read_text())
-    assert set(printed) == {"test", "plus"} and saved["scores"] == printed
+    # each split greedy, the first also sampled at temperature 1 ("_t1")
+    assert set(printed) == {"test", "plus", "test_t1"} and saved["scores"] == printed
     assert len((model_dir / "eval" / "predictions-plus.jsonl").read_text().splitlines()) == 6
     cfg = cfgmod.RunConfig(task="arith", n_eval=6, max_new_tokens=8)
     direct = evaluate(tiny_llama(embedded_tokenizer(), 3), embedded_tokenizer(), load_rows(cfg, "test", 6),

@@ -467,7 +467,8 @@ def test_the_learning_curve_ends_at_the_final_score_decoded_once(tmp_path, monke
     result = experiments.run(cfg, progress=False)
     points = {m["step"]: m.get("eval_score") for m in result["curve"]}
     assert points[1] is None and points[2] is not None and points[4] == result["score"]
-    assert calls == [4, 4]  # step 2's curve point and the final score; step 4's point is not decoded again
+    # step 2's curve point, then the final scores (greedy, sampled at T = 1); step 4's point is not decoded again
+    assert calls == [4, 4, 4]
     with open(tmp_path / "cache" / "runs" / cfg.hash() / "metrics.csv") as f:
         assert float(list(csv.DictReader(f))[-1]["eval_score"]) == result["score"]
 
