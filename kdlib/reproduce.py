@@ -22,8 +22,15 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 
 
+# The order notebooks start in when several run at once: the longest first, and 02 (which reads 01's summ runs)
+# after 01 and 03 (which share none), so that no notebook waits on a run another one is training. Notebooks
+# not named here start last, in name order.
+START_ORDER = ("01_gkd", "03_adaswitch", "02_switch", "00_quickstart", "04_your_pair")
+
+
 def notebooks(only: list[str] | None = None) -> list[Path]:
-    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    rank = {name: i for i, name in enumerate(START_ORDER)}
+    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"), key=lambda p: (rank.get(p.stem, len(rank)), p.stem))
     if only:
         found = [p for p in found if any(o in p.stem for o in only)]
     return found

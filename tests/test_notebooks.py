@@ -12,8 +12,10 @@ from conftest import cache_sharing_task_data
 NOTEBOOKS = reproduce.notebooks()
 
 
-def test_there_are_numbered_notebooks():
-    assert NOTEBOOKS and NOTEBOOKS[0].name == "00_quickstart.ipynb"
+def test_there_are_numbered_notebooks_started_longest_first():
+    names = [p.stem for p in NOTEBOOKS]
+    assert "00_quickstart" in names and names[:2] == ["01_gkd", "03_adaswitch"]
+    assert names.index("02_switch") > names.index("01_gkd")  # 02 reads 01's runs: it starts after
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
