@@ -1,0 +1,125 @@
+"""The embedded protocol v2: labelled rows vs prompts, a warm-up independent of the steps, both decodings,
+per-item scores for paired claims, and the mechanism measurements."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from kdlib import experiments, mechanisms
+from kdlib import notebook as knb
+from kdlib.config import RunConfig
+from kdlib.evaluate import evaluate, sample_decode
+from kdlib.sources import StepContext, build_source
+
+from conftest import cache_sharing_task_data, tiny_llama
+
+
+def _ctx(tokenizer, student=None, sampler=None, teacher=None):
+    return StepContext(tokenizer, student, teacher, sampler, max_new_tokens=24, sample_temperature=1.0,
+                       device=torch.device("cpu"))
+
+
+def test_fixed_steps_read_only_the_labelled_rows_and_samplers_every_prompt(tokenizer, arith_rows):
+    labelled = arith_rows[:4]
+    data = build_source("data", arith_rows, seed=0, labelled=labelled)
+    seen = {tuple(r["prompt"] for r in data.take_rows(_ctx(tokenizer), 4, labelled=True)) for _ in range(6)}
+    assert {p for batch in seen for p in batch} == {r["prompt"] for r in labelled}
+    mix = build_source("mix", arith_rows, seed=0, student_data_fraction=1.0, labelled=labelled)
+    prompts = {r["prompt"] for _ in range(10) for r in mix.take_rows(_ctx(tokenizer), 8)}
+    assert len(prompts - {r["prompt"] for r in labelled}) > 20  # the sampled steps see the unlabelled prompts
+    with pytest.raises(ValueError, match="n_labelled=2000 must be <= n_train"):
+        RunConfig(n_labelled=2000, n_train=1000)
+
+
+def test_without_n_labelled_the_row_order_is_unchanged(tokenizer, arith_rows):
+    # n_labelled = 0 keeps one picker for every step, so runs cached before the field existed stay valid
+    old, new = build_source("data", arith_rows, seed=3), build_source("data", arith_rows, seed=3, labelled=None)
+    assert new.label_picker is new.picker
+    assert [r["id"] for r in old.take_rows(_ctx(tokenizer), 9, labelled=True)] == \
+           [r["id"] for r in new.take_rows(_ctx(tokenizer), 9)]
+    assert RunConfig(method="kd").hash() == RunConfig(method="kd", n_labelled=0).hash()
+
+
+def test_labelled_row_order_survives_a_checkpoint(tokenizer, arith_rows):
+    a = build_source("mix", arith_rows, seed=0, student_data_fraction=0.5, labelled=arith_rows[:5])
+    a.take_rows(_ctx(tokenizer), 3, labelled=True)
+    state = a.state_dict()
+    b = build_source("mix", arith_rows, seed=0, student_data_fraction=0.5, labelled=arith_rows[:5])
+    b.load_state_dict(state)
+    assert [r["id"] for r in a.take_rows(_ctx(tokenizer), 7, labelled=True)] == \
+           [r["id"] for r in b.take_rows(_ctx(tokenizer), 7, labelled=True)]
+
+
+def test_the_warm_up_is_fixed_per_task_and_reads_the_labelled_rows():
+    short, long = RunConfig(method="kd", task="summ", steps=20), RunConfig(method="kd", task="summ", steps=400)
+    assert experiments.sft_init_recipe(short) == experiments.sft_init_recipe(long)  # one warm-up, any steps
+    w = experiments.sft_init_recipe(RunConfig(method="kd", task="arith", n_train=4000, n_labelled=1000))
+    assert (w.steps, w.n_train) == (experiments.SFT_INIT_STEPS["arith"], 1000)
+    assert experiments.sft_init_recipe(RunConfig(method="kd", sft_init_steps=7)).steps == 7
+    assert experiments.sft_init_recipe(RunConfig(method="kd", student="tiny")).steps == experiments.SFT_INIT_STEPS_TINY
+    assert RunConfig(method="kd", steps=20).hash() != RunConfig(method="kd", steps=20, sft_init_steps=7).hash()
+
+
+def test_sampled_decoding_is_reproducible_and_differs_from_greedy(tokenizer, arith_rows):
+    model = tiny_llama(tokenizer, 0)
+    prompts = [r["prompt"] for r in arith_rows[:12]]
+    a = sample_decode(model, tokenizer, prompts, max_new_tokens=12, temperature=1.0, seed=5)
+    assert a == sample_decode(model, tokenizer, prompts, max_new_tokens=12, temperature=1.0, seed=5)
+    assert a != sample_decode(model, tokenizer, prompts, max_new_tokens=12, temperature=1.0, seed=6)
+    greedy = evaluate(model, tokenizer, arith_rows[:12], metric="accuracy", max_new_tokens=12)
+    sampled = evaluate(model, tokenizer, arith_rows[:12], metric="accuracy", max_new_tokens=12, temperature=1.0,
+                       seed=5)
+    assert greedy["n"] == sampled["n"] == 12
+
+
+def test_a_run_writes_per_item_scores_that_paired_claims_read(tmp_path, monkeypatch):
+    cache_sharing_task_data(tmp_path / "cache")
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
+    base = dict(task="summ", student="tiny", teacher="tiny", teacher_steps=3, steps=2, batch_size=4, n_train=32,
+                n_labelled=8, n_eval=6, max_new_tokens=16, eval_splits=("test",))
+    results = [experiments.run(RunConfig(method=m, seed=s, **base), progress=False)
+               for m in ("sft", "kd") for s in (0, 1)]
+    assert {"score_test", "score_test_t1"} <= set(results[0])
+    items = knb.item_scores(results, "test_t1")
+    assert len(items) == 4 * 6 and set(items.method) == {"sft", "kd"}
+    r0 = results[0]
+    preds = (tmp_path / "cache" / "runs" / r0["hash"] / "predictions-test_t1.jsonl").read_text().splitlines()
+    assert pytest.approx(sum(json.loads(x)["score"] for x in preds) / 6) == r0["score_test_t1"]
+    table = knb.paired_table(results, [("kd", "sft")])
+    assert list(table.decoding) == ["greedy", "sampled T=1"] and set(table.seeds) == {2}
+    assert all(c.startswith("claim [test, ") for c in knb.paired_claims(table, "claim"))
+    with pytest.raises(FileNotFoundError, match="no per-item scores for 'plus'"):
+        knb.item_scores(results, "plus")
+
+
+def test_mechanisms_tell_a_one_hot_teacher_from_a_spread_one(tokenizer, arith_rows):
+    rows = arith_rows[:8]
+    model = tiny_llama(tokenizer, 0)
+    sharp = tiny_llama(tokenizer, 0)
+    with torch.no_grad():
+        sharp.lm_head.weight.mul_(2000)  # the same argmax, a near one-hot distribution
+    flat = mechanisms.teacher_on_references(model, tokenizer, rows, max_new_tokens=24)
+    peaked = mechanisms.teacher_on_references(sharp, tokenizer, rows, max_new_tokens=24)
+    assert peaked["teacher_entropy"] < 0.1 * flat["teacher_entropy"]
+    assert peaked["teacher_top1_is_reference"] == pytest.approx(flat["teacher_top1_is_reference"])
+    same = mechanisms.exposure_gap(model, sharp, tokenizer, rows, max_new_tokens=24)
+    # the student agrees with a teacher of the same argmax everywhere, on any prefix: no gap
+    assert same["agreement_on_reference_prefixes"] == same["agreement_on_own_prefixes"] == 1.0
+    rec = mechanisms.teacher_recovery(model, sharp, tokenizer, rows, metric="accuracy", max_new_tokens=24)
+    assert rec["slipped"] == 0.0 and rec["teacher_after_student_slip"] == rec["student"]
+
+
+def test_distillm_schedule_fires_when_its_labelled_half_overfits(tmp_path, monkeypatch):
+    """On the label-scarce protocol DistiLLM's fixed-data steps read a handful of labelled rows; the student
+    overfits them, the held-out validation loss rises past the margin, and the student-output probability
+    goes up. (The embedded run's own schedule is reported by notebook 02: figures/02_switch/claims.md.)"""
+    cache_sharing_task_data(tmp_path / "cache")
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
+    cfg = RunConfig(method="distillm", task="summ", student="tiny", teacher="tiny", teacher_steps=3, steps=24,
+                    batch_size=4, n_train=64, n_labelled=2, n_eval=8, max_new_tokens=16, eval_every=3, lr=0.05,
+                    eval_splits=("test",))
+    curve = experiments.run(cfg, progress=False)["curve"]
+    fractions = [m["student_output_probability"] for m in curve if "student_output_probability" in m]
+    assert fractions[-1] > 0.0 and fractions == sorted(fractions)  # it only ever rises
+    assert any(m["source"] in ("sampler", "replay") for m in curve)
