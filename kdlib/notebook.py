@@ -176,35 +176,6 @@ def score_table(results: list[dict], methods: list[str], by: tuple = ("method",)
     return table.reset_index()
 
 
-def claim(df: pd.DataFrame, by: str, better, worse, *, value: str = "score", paper: str = "") -> str:
-    """One line comparing two groups of runs the way a paper claims `better` > `worse`: the means and
-    standard deviations over seeds, and a verdict — reproduced, reversed, or not separated (the
-    difference is within twice its standard error over the seeds). `better` / `worse` are values of
-    column `by` (or lists of values, pooled)."""
-    import math
-
-    def pick(v):
-        sel = df[df[by].isin(v if isinstance(v, (list, tuple)) else [v])][value].dropna()
-        n = len(sel)
-        return sel.mean(), (sel.std() if n > 1 else float("nan")), n
-
-    (ma, sa, na), (mb, sb, nb) = pick(better), pick(worse)
-    if na == 0 or nb == 0:
-        return f"{paper}: no runs for {better if na == 0 else worse}"
-    se = math.sqrt((sa ** 2 if na > 1 else 0) / na + (sb ** 2 if nb > 1 else 0) / nb)
-    diff = ma - mb
-    if na < 2 or nb < 2:
-        verdict = "one seed: no spread to judge by"
-    elif abs(diff) <= 2 * se:
-        verdict = "NOT SEPARATED on this workload (difference within 2 standard errors over seeds)"
-    elif diff > 0:
-        verdict = "reproduced"
-    else:
-        verdict = "NOT REPRODUCED: the order is reversed here"
-    return (f"{paper}: {better} {ma:.3f} ± {sa:.3f} (n={na}) vs {worse} {mb:.3f} ± {sb:.3f} (n={nb}), "
-            f"difference {diff:+.3f} → {verdict}")
-
-
 def item_scores(results: list[dict], split: str = "test", settings=None) -> pd.DataFrame:
     """Per-item scores of finished runs on one evaluation set (`split`, e.g. "test", "plus", "test_t1" for
     the temperature-1 samples): one row per (run, item) with method, seed, student, task, item id, score,
@@ -375,7 +346,8 @@ def evaluated(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def training_claims(curves: pd.DataFrame, method: str, *, n_steps: int = 10) -> list[str]:
-    """AdaSwitch's two training-dynamics claims, from `curves_frame` rows of one task and one student:
+    """AdaSwitch's two training-dynamics claims, from `curves_frame` rows of one task and one student, each
+    with a 95 % bootstrap interval over seeds, paired by seed (`seed_claim`):
 
     - the divergence falls during training: `method`'s training loss, each seed's mean over its first
       `n_steps` logged steps against its mean over its last `n_steps` (fewer, never overlapping, in short runs);
@@ -391,12 +363,12 @@ def training_claims(curves: pd.DataFrame, method: str, *, n_steps: int = 10) -> 
         lines = [f"the divergence falls during training: {method} logged {len(steps)} step(s), too few to compare"]
     else:
         def phase(label: str, window: list) -> pd.DataFrame:  # each seed's mean loss over the window
-            return own[own.step.isin(window)].groupby("seed")["loss"].mean().to_frame().assign(phase=label)
+            return own[own.step.isin(window)].groupby("seed")["loss"].mean().reset_index().assign(phase=label)
 
         first, last = f"first {n} steps", f"last {n} steps"
         phases = pd.concat([phase(first, steps[:n]), phase(last, steps[-n:])])
-        lines = [claim(phases, "phase", first, last, value="loss",
-                       paper=f"the divergence falls during training ({method}'s training loss per token)")]
+        lines = [seed_claim(phases, "phase", first, last, value="loss",
+                            paper=f"the divergence falls during training ({method}'s training loss per token)")]
     scored = evaluated(curves)
     own_scored = scored[scored.method == method]
     if own_scored.empty:
@@ -407,20 +379,9 @@ def training_claims(curves: pd.DataFrame, method: str, *, n_steps: int = 10) -> 
     if others.empty:
         return lines + [f"fastest early improvement: no other method was evaluated at step {step}"]
     best = others.idxmax()
-    return lines + [claim(at, "method", method, best, value="eval_score",
-                          paper=f"fastest early improvement: score at step {step}, {method} vs the best other "
-                                f"method there ({best})")]
-
-
-def robustness_claim(table: pd.DataFrame, what: str) -> str:
-    """A claim line for "the score does not depend on <what>": `table` has one row per setting with the
-    mean and std over seeds (`plots.mean_std`). Robust when the spread of the means is within twice the
-    seeds' average standard deviation."""
-    lo, hi, sd = table["mean"].min(), table["mean"].max(), table["std"].mean()
-    verdict = ("robust: the spread is within the seeds' spread" if hi - lo <= 2 * sd
-               else "NOT robust on this workload")
-    return (f"{what} robustness: mean score from {lo:.3f} to {hi:.3f} across {len(table)} settings of {what} "
-            f"(spread {hi - lo:.3f}); seed sd {sd:.3f} on average → {verdict}")
+    return lines + [seed_claim(at, "method", method, best, value="eval_score",
+                               paper=f"fastest early improvement: score at step {step}, {method} vs the best other "
+                                     f"method there ({best})")]
 
 
 def runtime_table(runs: pd.DataFrame, by: str = "setting", refs=("onpolicy", "skd")) -> pd.DataFrame:

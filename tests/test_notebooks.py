@@ -89,18 +89,6 @@ def test_mean_std_wide_has_flat_columns_per_group():
     assert t.score_mean.tolist() == pytest.approx([0.5, 0.2]) and t.score_std.tolist() == pytest.approx([0.0, 0.1414], abs=1e-4)
 
 
-def test_robustness_claim_compares_the_spread_of_means_with_the_seeds():
-    import pandas as pd
-
-    from kdlib.notebook import robustness_claim
-
-    tight = pd.DataFrame({"mean": [0.50, 0.52, 0.51], "std": [0.02, 0.01, 0.03]})
-    assert robustness_claim(tight, "distance").endswith("robust: the spread is within the seeds' spread")
-    assert "from 0.500 to 0.520 across 3 settings of distance" in robustness_claim(tight, "distance")
-    wide = tight.assign(mean=[0.40, 0.52, 0.51])
-    assert robustness_claim(wide, "distance").endswith("NOT robust on this workload")
-
-
 def test_runtime_table_ratios_and_missing_reference():
     import pandas as pd
 
@@ -114,19 +102,6 @@ def test_runtime_table_ratios_and_missing_reference():
     assert rt.loc["ada", "b / onpolicy"] == 0.5 and pd.isna(rt.loc["ada", "b / skd"])  # no SKD run in b
     no_skd = runtime_table(runs[runs.method != "skd"])
     assert not any("/ skd" in c for c in no_skd.columns) and "a / onpolicy" in no_skd.columns
-
-
-def test_claim_verdicts_follow_the_seed_spread():
-    import pandas as pd
-
-    from kdlib.notebook import claim
-
-    clear = pd.DataFrame({"m": ["a"] * 3 + ["b"] * 3, "score": [0.50, 0.52, 0.51, 0.40, 0.41, 0.39]})
-    assert claim(clear, "m", "a", "b").endswith("reproduced")
-    assert "REVERSED" in claim(clear, "m", "b", "a").upper()
-    noisy = pd.DataFrame({"m": ["a"] * 3 + ["b"] * 3, "score": [0.5, 0.3, 0.51, 0.4, 0.6, 0.39]})
-    assert "NOT SEPARATED" in claim(noisy, "m", "a", "b")
-    assert "one seed" in claim(clear.iloc[[0, 3]], "m", "a", "b")
 
 
 def test_stopwatch_counts_the_runs_trained_while_it_ran(tmp_path, monkeypatch):
@@ -263,9 +238,9 @@ def test_training_claims_compare_phases_per_seed_and_the_first_evaluation():
                              "eval_score": score(method, seed, step)})
     curves = pd.DataFrame(rows)
     falls, early = training_claims(curves, "adaswitch", n_steps=5)
-    assert "first 5 steps" in falls and "n=3" in falls and "reproduced" in falls  # one value per seed and phase
-    assert "step 10" in early and "(onpolicy)" in early and "reproduced" in early
-    assert "adaswitch 0.510 ± 0.010 (n=3)" in early  # the mean over the seeds at step 10, not over all steps
+    assert "first 5 steps" in falls and "over 3 seed(s)" in falls and "reproduced" in falls  # a value per seed and phase
+    assert "step 10" in early and "(onpolicy)" in early and "reproduced" in early and "95 % CI" in early
+    assert "adaswitch 0.510 vs onpolicy 0.210" in early  # the mean over the seeds at step 10, not over all steps
     rising = curves.assign(loss=[r["loss"] if r["method"] != "adaswitch" else r["step"] / 40 for r in rows])
     assert "reversed" in training_claims(rising, "adaswitch", n_steps=5)[0]
     # the first evaluation is adaswitch's own: a rival evaluated earlier does not move it
