@@ -97,8 +97,8 @@ def differences(table: pd.DataFrame, *, title: str = "", label: str = "paired di
                      + (" (" + table["eval"] + ")" if table["eval"].nunique() > 1 else ""))
     panels = list(dict.fromkeys(t["decoding"]))
     rows = list(dict.fromkeys(t["comparison"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, 0.45 * len(rows) + 1.4),
-                             sharey=True, squeeze=False)
+    height = max(2.6, 0.45 * len(rows) + 1.6)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, height), sharey=True, squeeze=False)
     colors = {"reproduced": "tab:green", "not separated": "0.45", "reversed": "tab:red"}
     for ax, panel in zip(axes[0], panels):
         sub = t[t["decoding"] == panel].set_index("comparison").reindex(rows)
@@ -113,5 +113,5 @@ def differences(table: pd.DataFrame, *, title: str = "", label: str = "paired di
         ax.set_yticks(list(y), rows)
         ax.invert_yaxis() if ax is axes[0][0] else None
     if title:
-        fig.suptitle(title, y=1.02)
+        fig.suptitle(title, y=1 + 0.35 / height)  # above the panel titles, whatever the height
     return fig
