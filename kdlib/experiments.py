@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from kdlib import checkpoints, workload
+from kdlib._env import env_flag
 from kdlib.config import RunConfig
 from kdlib.models import EMBEDDED_SIZES, build_llama, keep_freed_memory, load_model, n_params, pick_device_dtype
 from kdlib.sources import build_source
@@ -145,7 +146,7 @@ SHIPPED = Path(__file__).resolve().parent / "shipped"
 def shipped_run(cfg: RunConfig) -> Path | None:
     """The shipped copy of `cfg`'s finished run, or None."""
     d = SHIPPED / cfg.hash()
-    if os.environ.get("KDLIB_SHIPPED", "1") == "0" or not (d / "result.json").exists() \
+    if not env_flag("KDLIB_SHIPPED") or not (d / "result.json").exists() \
             or not (d / "model" / "model.safetensors").exists():
         return None
     return d

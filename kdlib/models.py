@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
+
+from kdlib._env import env_flag
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers import PreTrainedTokenizerFast
 
@@ -114,7 +116,7 @@ def keep_freed_memory() -> bool:
     global _kept_freed_memory
     if _kept_freed_memory is None:
         _kept_freed_memory = False
-        if os.environ.get("KDLIB_KEEP_FREED_MEMORY", "1") != "0":
+        if env_flag("KDLIB_KEEP_FREED_MEMORY"):
             try:
                 libc = ctypes.CDLL("libc.so.6")
                 _kept_freed_memory = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and \

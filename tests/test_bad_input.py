@@ -1,0 +1,74 @@
+"""Careless input fails at once, naming the field, value, file or variable — before any model loads."""
+import pytest
+
+from kdlib import cli
+from kdlib._env import env_flag
+from kdlib.config import RunConfig, load_config
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("steps=abc", "steps='abc' must be a whole number"),
+    ("steps=5.5", "steps=5.5 must be a whole number"),
+    ("steps=true", "steps=True must be a whole number"),
+    ("lr=fast", "lr='fast' must be a number"),
+    ("seed=abc", "seed='abc' must be a whole number"),
+    ("sampler_params=3", "sampler_params=3 must be a mapping"),
+    ("task=bogus", "task='bogus' is not an embedded task; choose one of ['arith', 'summ']"),
+    ("eval_splits=[test,bogus]", "no held-out split 'bogus'"),
+    ("eval_splits=train", "no held-out split 'train'"),
+    ("gradient_checkpointing=maybe", "gradient_checkpointing='maybe' must be true or false"),
+])
+def test_a_bad_value_names_the_field_and_what_it_must_be(override, needle):
+    with pytest.raises(ValueError, match=__import__("re").escape(needle)):
+        load_config(None, [override])
+
+
+def test_scientific_notation_and_a_lone_split_read_as_meant():
+    cfg = load_config(None, ["lr=1e-3", "weight_decay=5E-2", "eval_splits=plus", "report_to=tensorboard"])
+    assert (cfg.lr, cfg.weight_decay, cfg.eval_splits, cfg.report_to) == (0.001, 0.05, ("plus",), ("tensorboard",))
+    assert load_config(None, ["lr=0.001"]).hash() == cfg.replace(weight_decay=0.0, eval_splits=("test",),
+                                                                   report_to=()).hash()
+
+
+def test_sampler_params_without_a_sampler_are_refused():
+    with pytest.raises(ValueError, match="method='kd' uses no sampler"):
+        RunConfig(method="kd", sampler_params={"top_k": 3})
+    assert RunConfig(method="kd", sampler="skd", source="sampler", sampler_params={"top_k": 3})
+
+
+def test_config_files_empty_broken_or_missing_are_named(tmp_path):
+    (tmp_path / "empty.yaml").write_text("\n")
+    (tmp_path / "broken.yaml").write_text("method: [kd\n")
+    (tmp_path / "list.yaml").write_text("- kd\n")
+    with pytest.raises(ValueError, match="empty.yaml: the config file is empty"):
+        load_config(tmp_path / "empty.yaml")
+    with pytest.raises(ValueError, match="broken.yaml: not valid YAML") as e:
+        load_config(tmp_path / "broken.yaml")
+    assert "<unicode string>" not in str(e.value)
+    with pytest.raises(ValueError, match="list.yaml: expected a mapping"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(FileNotFoundError, match="nope.yaml does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_the_cli_prints_one_line_and_exits_2(capsys):
+    assert cli.main(["show", "steps=abc"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "kdlib: error: steps='abc' must be a whole number, not str"
+    with pytest.raises(ValueError):
+        cli.main(["show", "steps=abc", "--debug"])
+    assert cli.main(["show", "--quiet", "method=kd", "lr=1e-3"]) == 0  # overrides after a flag are read
+    assert '"lr": 0.001' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value, expected", [("0", False), ("false", False), ("No", False), ("off", False),
+                                             ("1", True), ("TRUE", True), ("yes", True), ("", True)])
+def test_boolean_switches_take_the_usual_spellings(monkeypatch, value, expected):
+    monkeypatch.setenv("KDLIB_SHIPPED", value)
+    assert env_flag("KDLIB_SHIPPED") is expected
+
+
+def test_a_boolean_switch_with_another_value_is_refused(monkeypatch):
+    monkeypatch.setenv("KDLIB_SHIPPED", "nah")
+    with pytest.raises(ValueError, match="KDLIB_SHIPPED='nah'"):
+        env_flag("KDLIB_SHIPPED")
