@@ -71,9 +71,39 @@ def latest(trainer) -> Path | None:
     return found[-1] if found else None
 
 
+def resume(trainer) -> Path | None:
+    """Restore `trainer` from its newest checkpoint that can be read, and return that file (None: no
+    checkpoint, a fresh start). An unreadable one (truncated by a full disk or a kill during a copy) is
+    renamed `*.unreadable`, with a warning naming it and why, and the next older one is tried: keeping
+    `keep_checkpoints` > 1 is what makes this fallback possible."""
+    for path in reversed(list_checkpoints(checkpoint_dir(trainer))):
+        try:
+            state = _read(path)
+        except Exception as e:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
+            bad = path.with_name(path.name + ".unreadable")
+            os.replace(path, bad)
+            warnings.warn(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); renamed to "
+                          f"{bad.name}, resuming from the previous checkpoint if there is one", stacklevel=2)
+            continue
+        _restore(trainer, path, state)
+        return path
+    return None
+
+
+def _read(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    missing = {"step", "student", "optimizer", "scheduler"} - set(state)
+    if missing:
+        raise KeyError(f"no {sorted(missing)} in it")
+    return state
+
+
 def load(trainer, path: Path) -> None:
     """Restore `trainer` to the exact state saved in `path`."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    _restore(trainer, path, _read(path))
+
+
+def _restore(trainer, path: Path, state: dict) -> None:
     saved, current = state["config"], trainer.cfg.to_dict()
     # the run's identity is its hash: bookkeeping fields (checkpoint_every, keep_checkpoints, report_to,
     # eval_every outside DistiLLM) may change between the interrupted run and its resumption

@@ -155,24 +155,41 @@ def shipped_run(cfg: RunConfig) -> Path | None:
 def run(cfg: RunConfig, *, progress: bool = True, teacher_cfg: RunConfig | None = None) -> dict:
     """Train and evaluate `cfg` (or read its cached or shipped result). Returns the result row."""
     d = run_dir(cfg)
-    if (d / "result.json").exists():
+    if _finished(d):
         return _cached(cfg, d)
     shipped = shipped_run(cfg)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and shipped is None:  # the ranks of one launch train it together
         return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
-    with workload.locked(d.with_name(d.name + ".lock")):  # another process may be running this config
-        if (d / "result.json").exists():
+    with workload.locked(d.with_name(d.name + ".lock"), what=f"run {d.name} ({cfg.method} {cfg.task} seed {cfg.seed})"):
+        if _finished(d):  # another process may have run this config while we waited
             return _cached(cfg, d)
         if shipped is not None:
             return _install_shipped(shipped, d)
         return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
 
 
+def _finished(d: Path) -> bool:
+    """True if `d` holds a finished run. A result.json that does not parse (a kill or a full disk while it
+    was written by an older kdlib) is moved aside, with a warning naming it, and the run counts as not
+    finished: it runs again (resuming from its checkpoints, or only re-scoring when its model is saved)."""
+    path = d / "result.json"
+    if not path.exists():
+        return False
+    try:
+        json.loads(path.read_text())
+        return True
+    except (ValueError, OSError) as e:
+        bad = path.with_name("result.json.unreadable")
+        os.replace(path, bad)
+        log.warning("%s cannot be read (%s); moved to %s, so the run counts as not finished", path, e, bad.name)
+        return False
+
+
 def _cached(cfg: RunConfig, d: Path) -> dict:
     """The cached result of `cfg`. eval_every is not part of the hash (the curve does not change the trained
     model, so notebooks share runs), so a run cached by a caller with another eval_every may lack points of
     the learning curve `cfg` asks for: say so, naming the run, rather than plot a curve with points missing."""
-    result = json.loads((d / "result.json").read_text())
+    result = json.loads((d / "result.json").read_text())  # _finished() has read it once already
     cached_every = result.get("eval_every", cfg.eval_every)
     if cfg.eval_every and (not cached_every or cfg.eval_every % cached_every):  # a finer curve holds every point
         log.warning("%s (%s %s seed %s): cached with eval_every=%s, so its learning curve lacks points that "
@@ -269,10 +286,9 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
                       mixed_precision="bf16" if dtype == torch.bfloat16 else "no",
                       sampler=sampler, run_dir=d, progress=progress,
                       on_eval=lambda t: _eval_during_training(t, curve_rows, val_rows))
-    last = checkpoints.latest(trainer)
-    if last is not None:  # an interrupted run: resume exactly where it stopped
+    last = checkpoints.resume(trainer)  # an interrupted run: resume exactly where it stopped
+    if last is not None:
         log.info("resuming %s from %s", d, last)
-        checkpoints.load(trainer, last)
     elif val_rows:  # DistiLLM: the reference validation loss, before any update (as the authors' code)
         source.report_validation(ev.validation_loss(student, tok, val_rows, max_new_tokens=cfg.max_new_tokens))
     trainer.fit()

@@ -72,3 +72,81 @@ def test_a_boolean_switch_with_another_value_is_refused(monkeypatch):
     monkeypatch.setenv("KDLIB_SHIPPED", "nah")
     with pytest.raises(ValueError, match="KDLIB_SHIPPED='nah'"):
         env_flag("KDLIB_SHIPPED")
+
+
+def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tokenizer, arith_rows, tmp_path):
+    import torch
+
+    from kdlib import checkpoints
+
+    from test_train import make_trainer
+
+    cfg = RunConfig(method="kd", batch_size=4, steps=4, checkpoint_every=1, max_new_tokens=24, keep_checkpoints=2)
+    t = make_trainer(cfg, tokenizer, arith_rows, tmp_path)
+    t.fit()
+    files = checkpoints.list_checkpoints(checkpoints.checkpoint_dir(t))
+    assert [f.name for f in files] == ["step-000003.pt", "step-000004.pt"]
+    files[-1].write_bytes(files[-1].read_bytes()[:5000])  # truncated, as by a full disk
+    again = make_trainer(cfg, tokenizer, arith_rows, tmp_path)
+    with pytest.warns(UserWarning, match="step-000004.pt cannot be read"):
+        used = checkpoints.resume(again)
+    assert used == files[0] and again.state.step == 3
+    assert (files[-1].parent / "step-000004.pt.unreadable").exists()
+    for a, b in zip(again.student.parameters(), torch.load(files[0], weights_only=False)["student"].values()):
+        assert torch.equal(a, b)
+
+
+def test_a_nan_before_any_checkpoint_says_none_was_kept(tokenizer, arith_rows, tmp_path):
+    from kdlib.train import NonFiniteLossError
+
+    from test_train import make_trainer
+
+    t = make_trainer(RunConfig(method="sft", batch_size=4, steps=2, max_new_tokens=24), tokenizer, arith_rows, tmp_path)
+    with torch_nan(t), pytest.raises(NonFiniteLossError, match="no checkpoint was written yet"):
+        t.fit()
+
+
+class torch_nan:
+    """Make the trainer's loss NaN for the block."""
+
+    def __init__(self, trainer):
+        self.t, self.orig = trainer, trainer.accumulate_gradients
+
+    def __enter__(self):
+        self.t.accumulate_gradients = lambda batches: float("nan")
+
+    def __exit__(self, *a):
+        self.t.accumulate_gradients = self.orig
+
+
+def test_a_truncated_result_is_moved_aside_and_the_run_counts_as_unfinished(tmp_path, caplog):
+    from kdlib import experiments
+
+    (tmp_path / "result.json").write_text('{"score": 0.5, "cur')
+    assert experiments._finished(tmp_path) is False
+    assert (tmp_path / "result.json.unreadable").exists() and "cannot be read" in caplog.text
+    (tmp_path / "result.json").write_text('{"score": 0.5}')
+    assert experiments._finished(tmp_path) is True
+
+
+def test_a_second_process_says_whose_lock_it_waits_for(tmp_path, capfd):
+    import subprocess
+    import sys
+    import time
+
+    from kdlib import workload
+
+    lock = tmp_path / "run.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, %r)\n"
+        "from kdlib import workload\n"
+        "with workload.locked(__import__('pathlib').Path(%r), what='run x'):\n"
+        "    print('held', flush=True); time.sleep(3)") % (str(__import__('pathlib').Path(workload.__file__).parents[1]), str(lock))],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    t0 = time.time()
+    with workload.locked(lock, what="run x (kd arith seed 0)"):
+        waited = time.time() - t0
+    holder.wait()
+    assert waited > 1
+    assert f"waiting for run x (kd arith seed 0): locked by pid {holder.pid}" in capfd.readouterr().out
