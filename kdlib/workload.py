@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -54,7 +55,7 @@ def locked(path: Path, what: str = ""):
     except filelock.Timeout:
         holder = path.with_name(path.name + ".pid")
         pid = holder.read_text().strip() if holder.exists() else "another process"
-        print(f"waiting for {what or path.name}: locked by pid {pid} ({path})", flush=True)
+        print(f"waiting for {what or path.name}: locked by pid {pid} ({path})", file=sys.stderr, flush=True)
         lock.acquire()
     try:
         path.with_name(path.name + ".pid").write_text(str(os.getpid()))

@@ -149,4 +149,4 @@ def test_a_second_process_says_whose_lock_it_waits_for(tmp_path, capfd):
         waited = time.time() - t0
     holder.wait()
     assert waited > 1
-    assert f"waiting for run x (kd arith seed 0): locked by pid {holder.pid}" in capfd.readouterr().out
+    assert f"waiting for run x (kd arith seed 0): locked by pid {holder.pid}" in capfd.readouterr().err
