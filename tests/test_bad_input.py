@@ -150,3 +150,28 @@ def test_a_second_process_says_whose_lock_it_waits_for(tmp_path, capfd):
     holder.wait()
     assert waited > 1
     assert f"waiting for run x (kd arith seed 0): locked by pid {holder.pid}" in capfd.readouterr().err
+
+
+def test_reproduce_stops_at_the_first_failing_notebook():
+    import threading
+    import time
+    from pathlib import Path
+
+    from kdlib.reproduce import run_all
+
+    started, gate = [], threading.Event()
+
+    def one(nb):
+        started.append(nb.name)
+        if nb.name == "a":
+            raise SystemExit("notebook a failed in cell 3: ValueError: bad")
+        gate.wait(2)  # the notebook running beside it
+        return 1.0
+
+    t0 = time.time()
+    with pytest.raises(SystemExit, match="notebook a failed in cell 3"):
+        run_all(one, [Path("a"), Path("b"), Path("c"), Path("d")], jobs=2)
+    assert time.time() - t0 < 1.5  # it did not wait for the queue to drain
+    gate.set()
+    time.sleep(0.1)
+    assert "c" not in started and "d" not in started
