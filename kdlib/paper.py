@@ -545,6 +545,11 @@ def dry_run(tables=None, seeds=(0, 1, 2), out=print) -> dict:
                 n = 1 if label == "teacher fine-tuning" else len(seeds)
                 out(f"{label:<24} {teacher + ' -> ' + student:<{w}} {task:<10} {'':>6} {h * n:>7.1f}")
         hours += sum(inits.values())
+        for dataset in t.datasets:  # what each run is scored on: nothing in the plan is left implicit
+            sets = [f"{ds}:{sp}" for ds, sp in (parse_split(dataset, e) for e in t.eval_sets.get(dataset, ("test",)))]
+            sources = "; ".join(dict.fromkeys(DATASETS[s.split(':')[0]].source for s in sets))
+            out(f"evaluation of the {dataset} runs: {', '.join(sets)}, the first {N_EVAL} rows of each "
+                f"(N_EVAL), greedy and sampled at T = 1 on the first; data: {sources}")
         out(f"total {name}: {hours:.0f} A100-hours")
         totals[name] = hours
     out(f"\nall tables: {sum(totals.values()):.0f} A100-hours. An estimate from model sizes and token counts "
