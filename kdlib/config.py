@@ -138,6 +138,8 @@ class RunConfig:
             raise ValueError(f"student_init={self.student_init!r}: choose 'sft', 'scratch' or 'pretrained'")
         from kdlib.models import EMBEDDED_SIZES  # late import: config must stay cheap to import
 
+        for role in ("teacher", "student"):
+            _check_model_name(role, getattr(self, role), EMBEDDED_SIZES, self.profile)
         embedded_student = self.student in EMBEDDED_SIZES
         if self.student_init == "scratch" and not embedded_student:
             raise ValueError(f"student_init='scratch' builds an embedded size; student={self.student!r} is a "
@@ -337,6 +339,47 @@ def _check_types(cfg) -> None:
             continue
         if not ok:
             raise ValueError(f"{f.name}={value!r} must be {expected}, not {type(value).__name__}")
+
+
+def _check_model_name(role: str, name: str, sizes, profile: str, check_offline: bool = False) -> None:
+    """Fail now, not after a minute of trying the hub: a typo of an embedded size, a path that does not
+    exist, or (`check_offline`, with HF_HUB_OFFLINE set) a hub name that is not in the local cache."""
+    import os
+    import re
+
+    from kdlib.workload import PRETRAINED
+
+    if name in sizes or name in PRETRAINED:
+        return
+    known = f"embedded sizes {sorted(sizes)}, pretrained {sorted(PRETRAINED)}"
+    if re.fullmatch(r"(student|teacher|tiny)([-_]\w*)?", name):
+        raise ValueError(f"{role}={name!r} is not an embedded size; choose one of {known}, a local "
+                         "directory or a hub name")
+    local = name
+    if profile == "paper":
+        from kdlib.paper import model_path
+
+        local = model_path(name)
+    path = Path(local).expanduser()
+    if path.is_dir():
+        return
+    if local.startswith(("/", "./", "../", "~")) or path.exists():
+        raise ValueError(f"{role}={name!r}: no model directory at {path} ({known})")
+    if check_offline and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(local, "config.json"), str):
+            raise ValueError(f"{role}={name!r} is neither a local directory nor in the hub cache, and "
+                             f"HF_HUB_OFFLINE is set: download it first or give its directory ({known})")
+
+
+def check_models_reachable(cfg: "RunConfig") -> None:
+    """Before a run loads anything: with HF_HUB_OFFLINE set, every hub name must be in the local cache (a
+    config alone, e.g. the paper plan, does not need the models)."""
+    from kdlib.models import EMBEDDED_SIZES
+
+    for role in ("teacher", "student"):
+        _check_model_name(role, getattr(cfg, role), EMBEDDED_SIZES, cfg.profile, check_offline=True)
 
 
 def _positive(cfg, *names):

@@ -157,6 +157,9 @@ def run(cfg: RunConfig, *, progress: bool = True, teacher_cfg: RunConfig | None 
     d = run_dir(cfg)
     if _finished(d):
         return _cached(cfg, d)
+    from kdlib.config import check_models_reachable
+
+    check_models_reachable(cfg)  # offline: a hub name not in the cache fails now, not after a minute
     shipped = shipped_run(cfg)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and shipped is None:  # the ranks of one launch train it together
         return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)

@@ -175,3 +175,17 @@ def test_reproduce_stops_at_the_first_failing_notebook():
     gate.set()
     time.sleep(0.1)
     assert "c" not in started and "d" not in started
+
+
+def test_model_names_that_cannot_work_fail_before_anything_loads(monkeypatch):
+    from kdlib.config import check_models_reachable
+
+    with pytest.raises(ValueError, match="student='student-xs' is not an embedded size; choose one of"):
+        RunConfig(student="student-xs")
+    with pytest.raises(ValueError, match="no model directory at /nope/model"):
+        RunConfig(teacher="/nope/model", student="/nope/other", student_init="pretrained")
+    hub = RunConfig(teacher="someone/teacher-7b", student="someone/student-1b", student_init="pretrained")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="neither a local directory nor in the hub cache, and HF_HUB_OFFLINE"):
+        check_models_reachable(hub)
+    check_models_reachable(RunConfig())  # embedded sizes need nothing
