@@ -41,6 +41,8 @@ def save(trainer) -> Path | None:
     acc = trainer.acc
     acc.wait_for_everyone()
     processes = gather_object([_process_state(trainer)])  # every process's own state, in rank order
+    # accelerate gathers the full weights (under FSDP each rank holds a shard): a collective, every rank calls it
+    student_state = acc.get_state_dict(trainer.student)
     if not acc.is_main_process:
         return None
     d = checkpoint_dir(trainer)
@@ -50,7 +52,7 @@ def save(trainer) -> Path | None:
         "metrics": trainer.state.metrics,
         "forwards": vars(trainer.state.forwards),
         "seconds": trainer.state.seconds,
-        "student": acc.unwrap_model(trainer.student).state_dict(),
+        "student": student_state,
         "optimizer": trainer.opt.state_dict(),
         "scheduler": trainer.sched.state_dict(),
         "processes": processes,

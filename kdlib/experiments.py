@@ -295,8 +295,10 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
     elif val_rows:  # DistiLLM: the reference validation loss, before any update (as the authors' code)
         source.report_validation(ev.validation_loss(student, tok, val_rows, max_new_tokens=cfg.max_new_tokens))
     trainer.fit()
+    # the full weights, gathered by accelerate on every rank (FSDP shards them); LoRA merges them itself
+    state = None if cfg.lora_rank else trainer.acc.get_state_dict(trainer.student)
     if trainer.acc.is_main_process:  # one writer: the model, the predictions and result.json
-        _save_and_score(cfg, d, trainer, tok, t0, device, dtype, progress)
+        _save_and_score(cfg, d, trainer, tok, t0, device, dtype, progress, state)
     trainer.acc.wait_for_everyone()
     return json.loads((d / "result.json").read_text())
 
@@ -327,13 +329,15 @@ def score_splits(cfg: RunConfig, model, tok, out_dir: Path | None, progress: boo
     return scores
 
 
-def _save_and_score(cfg: RunConfig, d: Path, trainer: Trainer, tok, t0: float, device, dtype, progress: bool):
-    """Save the trained student (atomically), score it on every evaluation split, write result.json."""
+def _save_and_score(cfg: RunConfig, d: Path, trainer: Trainer, tok, t0: float, device, dtype, progress: bool,
+                    state: dict | None = None):
+    """Save the trained student (atomically; `state`: its full weights as accelerate gathered them), score it
+    on every evaluation split, write result.json."""
     r = cfg.resolved
     model = trainer.acc.unwrap_model(trainer.student)
     if cfg.lora_rank:
         model = model.merge_and_unload()  # a plain model: evaluation and later runs load it as usual
-    _replace_model_dir(d, model.save_pretrained)
+    _replace_model_dir(d, lambda tmp: model.save_pretrained(tmp, **({"state_dict": state} if state else {})))
     scores = score_splits(cfg, model, tok, d, progress)
     score = scores[split_label(cfg.eval_splits[0])]["score"]
     metrics = trainer.state.metrics
