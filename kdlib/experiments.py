@@ -256,7 +256,30 @@ def _replace_model_dir(d: Path, write) -> None:
     (d / "model.tmp").replace(d / "model")
 
 
+# CPU threads of one run's own arithmetic: float sums come out differently with 1 and 2 threads (from the
+# third step on here), so a run's numbers would depend on how it was launched (a notebook alone, or two
+# beside each other under make reproduce). Every run uses this count, whatever the process had, and records
+# it in its provenance; KDLIB_RUN_THREADS changes it (and so, possibly, the last digits of every result).
+RUN_THREADS = 1
+
+
+def run_threads() -> int:
+    value = os.environ.get("KDLIB_RUN_THREADS", str(RUN_THREADS))
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"KDLIB_RUN_THREADS={value!r} must be a whole number >= 1")
+    return int(value)
+
+
 def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> dict:
+    before = torch.get_num_threads()
+    torch.set_num_threads(run_threads())
+    try:
+        return _train_and_score(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_and_score(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> dict:
     from kdlib import evaluate as ev
     from kdlib import samplers
 

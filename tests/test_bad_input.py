@@ -189,3 +189,29 @@ def test_model_names_that_cannot_work_fail_before_anything_loads(monkeypatch):
     with pytest.raises(ValueError, match="neither a local directory nor in the hub cache, and HF_HUB_OFFLINE"):
         check_models_reachable(hub)
     check_models_reachable(RunConfig())  # embedded sizes need nothing
+
+
+def test_a_run_gives_the_same_weights_however_many_threads_the_process_had(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from kdlib import experiments
+
+    from conftest import cache_sharing_task_data
+
+    cfg = RunConfig(method="kd", task="arith", student="tiny", teacher="tiny", teacher_steps=3, steps=4,
+                    batch_size=8, n_train=32, n_eval=4, max_new_tokens=16)
+    seen, real = [], experiments._train_and_score
+    monkeypatch.setattr(experiments, "_train_and_score",
+                        lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    weights = []
+    for threads in (1, 2):
+        cache = cache_sharing_task_data(tmp_path / f"cache{threads}")
+        monkeypatch.setenv("KDLIB_CACHE", str(cache))
+        torch.set_num_threads(threads)
+        result = experiments.run(cfg, progress=False)
+        assert result["provenance"]["threads"] == experiments.RUN_THREADS
+        weights.append(load_file(str(cache / "runs" / cfg.hash() / "model" / "model.safetensors")))
+        assert torch.get_num_threads() == threads  # restored afterwards
+    assert set(seen) == {experiments.RUN_THREADS}
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
