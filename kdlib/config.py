@@ -136,7 +136,7 @@ class RunConfig:
             raise ValueError(f"profile={self.profile!r}: choose 'embedded' or 'paper'")
         if self.student_init not in ("sft", "scratch", "pretrained"):
             raise ValueError(f"student_init={self.student_init!r}: choose 'sft', 'scratch' or 'pretrained'")
-        from kdlib.models import EMBEDDED_SIZES  # late import: config must stay cheap to import
+        from kdlib.names import EMBEDDED_SIZES  # no torch: a config validates in well under a second
 
         for role in ("teacher", "student"):
             _check_model_name(role, getattr(self, role), EMBEDDED_SIZES, self.profile)
@@ -206,11 +206,11 @@ class RunConfig:
                              f"micro_batch_size={self.micro_batch_size}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype={self.dtype!r}: choose auto, float32 or bfloat16")
-        from kdlib import divergences, samplers  # late import: config must stay cheap to import
+        from kdlib import names
 
-        divergences.validate_params(r["divergence"], **r["divergence_params"])
+        names.validate_params(r["divergence"], **r["divergence_params"])
         if r["sampler"] is not None:
-            samplers.validate_sampler_params(r["sampler"], **r["sampler_params"])
+            names.validate_sampler_params(r["sampler"], **r["sampler_params"])
 
     @property
     def resolved(self) -> dict[str, Any]:
@@ -261,12 +261,11 @@ class RunConfig:
         """The fields that name the algorithm, in one form per run: a value spelled out at the preset's
         or the library's default is the same run as leaving it out (e.g. gkd with divergence 'jsd',
         beta 0.5 is gkd), and λ only counts for GKD's mix."""
-        from kdlib import divergences
-        from kdlib.samplers import SAMPLER_DEFAULTS
+        from kdlib.names import DIVERGENCE_PARAMS, SAMPLER_DEFAULTS
 
         source, sampler, divergence, div_params = METHODS[self.method]
         r = self.resolved
-        base = div_params if r["divergence"] == divergence else divergences._RULES[r["divergence"]].params
+        base = div_params if r["divergence"] == divergence else DIVERGENCE_PARAMS[r["divergence"]]
         out = {"source": None if r["source"] == source else r["source"],
                "sampler": None if r["sampler"] == sampler else r["sampler"],
                "divergence": None if r["divergence"] == divergence else r["divergence"],
@@ -376,7 +375,7 @@ def _check_model_name(role: str, name: str, sizes, profile: str, check_offline: 
 def check_models_reachable(cfg: "RunConfig") -> None:
     """Before a run loads anything: with HF_HUB_OFFLINE set, every hub name must be in the local cache (a
     config alone, e.g. the paper plan, does not need the models)."""
-    from kdlib.models import EMBEDDED_SIZES
+    from kdlib.names import EMBEDDED_SIZES
 
     for role in ("teacher", "student"):
         _check_model_name(role, getattr(cfg, role), EMBEDDED_SIZES, cfg.profile, check_offline=True)

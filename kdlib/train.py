@@ -9,15 +9,12 @@ One optimizer step:
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 from tqdm.auto import tqdm

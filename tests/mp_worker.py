@@ -1,6 +1,5 @@
 """Run by tests/test_multiprocess.py under `torchrun --nproc_per_node 2` (and once in-process):
 a tiny KD run whose final weights and losses are saved by rank 0."""
-import json
 import sys
 
 import torch

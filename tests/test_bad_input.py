@@ -215,3 +215,22 @@ def test_a_run_gives_the_same_weights_however_many_threads_the_process_had(tmp_p
         assert torch.get_num_threads() == threads  # restored afterwards
     assert set(seen) == {experiments.RUN_THREADS}
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_validating_a_config_and_printing_help_import_no_torch():
+    """A config error is reported without loading torch (it used to take 5-25 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\n"
+            "from kdlib.config import load_config\n"
+            "load_config(None, ['method=switch', 'sampler_params.tau0=0.2', 'student=student-m'])\n"
+            "from kdlib import cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert cli.main(['show', 'steps=abc']) == 2\n"
+            "    try: cli.main(['train', '--help'])\n"
+            "    except SystemExit: pass\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"

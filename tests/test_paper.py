@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from kdlib import paper
 from kdlib.config import RunConfig, load_config
