@@ -291,6 +291,9 @@ def load_rows(name: str, split: str, n: Optional[int] = None, *, chat: bool,
         if not path.exists():
             raise FileNotFoundError(f"paper dataset {name!r}: no local file {path} (data_dir={data_dir})")
         origin = str(path)
+        from kdlib.data import check_jsonl
+
+        check_jsonl(path)  # not UTF-8, not JSON, empty: named with its row before datasets reads it
         ds = load_dataset("json", data_files=str(path), split="train")
     else:
         origin = f"{spec.hub_id}" + (f" ({where.data_files})" if where.data_files else f" split {where.split}")

@@ -234,3 +234,21 @@ def test_validating_a_config_and_printing_help_import_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"", "no rows (the file is empty)"),
+    (b'{"prompt": "a", "response": "b"}\n\xff\xfe bad\n', "line 2: not UTF-8 text"),
+    (b'{"prompt": "a", "response": "b"}\nnot json\n', "line 2: not valid JSON"),
+    (b'["a", "b"]\n', "line 1: a JSON object {...} per line is expected, got list"),
+    (b'{"prompt": "a", "response": []}\n', "row 0: field 'response' must be a non-empty string, got []"),
+    (b'{"prompt": "a", "response": 42}\n', "row 0: field 'response' must be a non-empty string, got 42"),
+])
+def test_a_bad_data_file_is_named_with_its_row_and_field(tmp_path, content, needle):
+    from kdlib.data import load_jsonl
+
+    path = tmp_path / "mine.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=__import__("re").escape(needle)) as e:
+        load_jsonl(path)
+    assert str(path) in str(e.value)
