@@ -75,17 +75,27 @@ def latest(trainer) -> Path | None:
 
 def resume(trainer) -> Path | None:
     """Restore `trainer` from its newest checkpoint that can be read, and return that file (None: no
-    checkpoint, a fresh start). An unreadable one (truncated by a full disk or a kill during a copy) is
-    renamed `*.unreadable`, with a warning naming it and why, and the next older one is tried: keeping
-    `keep_checkpoints` > 1 is what makes this fallback possible."""
+    checkpoint, a fresh start). A damaged one (truncated by a full disk or a kill during a copy) is skipped
+    with a warning naming it and why, and renamed `*.unreadable` by the main process; the next older one is
+    tried: keeping `keep_checkpoints` > 1 is what makes this fallback possible. A checkpoint of another
+    config, or any other error, is raised, never skipped."""
+    import pickle
+    import zipfile
+
+    damaged = (EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, RuntimeError, OSError)
     for path in reversed(list_checkpoints(checkpoint_dir(trainer))):
         try:
             state = _read(path)
-        except Exception as e:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
-            bad = path.with_name(path.name + ".unreadable")
-            os.replace(path, bad)
-            warnings.warn(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); renamed to "
-                          f"{bad.name}, resuming from the previous checkpoint if there is one", stacklevel=2)
+        except (FileNotFoundError, PermissionError):
+            raise
+        except damaged as e:  # a truncated file: torch raises RuntimeError, OSError (EINVAL) or EOFError
+            warnings.warn(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); resuming from "
+                          "the previous checkpoint if there is one", stacklevel=2)
+            if trainer.acc.is_main_process:
+                try:
+                    os.replace(path, path.with_name(path.name + ".unreadable"))
+                except FileNotFoundError:
+                    pass
             continue
         _restore(trainer, path, state)
         return path

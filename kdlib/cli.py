@@ -44,7 +44,7 @@ def main(argv=None) -> int:
 
         if debug or env_flag("KDLIB_DEBUG", default=False):
             raise
-        print(f"kdlib: error: {e}", file=sys.stderr)
+        print(f"kdlib: error: {e}", file=sys.stderr)  # --debug or KDLIB_DEBUG=1 shows where it was raised
         return 2
 
 

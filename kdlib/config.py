@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -321,6 +322,8 @@ def _check_types(cfg) -> None:
                 object.__setattr__(cfg, f.name, (value,))
                 continue
             ok = isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value)
+            if ok and not value and f.name == "eval_splits":
+                raise ValueError("eval_splits=[] names no evaluation set; give at least one, e.g. [test]")
             if ok:
                 object.__setattr__(cfg, f.name, tuple(value))
             expected = "a list of strings"
@@ -329,7 +332,8 @@ def _check_types(cfg) -> None:
         elif base is int:
             ok, expected = isinstance(value, int) and not isinstance(value, bool), "a whole number"
         elif base is float:
-            ok, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            expected = "a finite number"
         elif base is str:
             ok, expected = isinstance(value, str), "a string"
         elif base is dict:
@@ -351,6 +355,8 @@ def _check_model_name(role: str, name: str, sizes, profile: str, check_offline: 
     if name in sizes or name in PRETRAINED:
         return
     known = f"embedded sizes {sorted(sizes)}, pretrained {sorted(PRETRAINED)}"
+    if Path(name).expanduser().is_dir():  # a local model directory, whatever its name
+        return
     if re.fullmatch(r"(student|teacher|tiny)([-_]\w*)?", name):
         raise ValueError(f"{role}={name!r} is not an embedded size; choose one of {known}, a local "
                          "directory or a hub name")
@@ -415,7 +421,7 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    __import__("re").compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*(?:[eE][-+]?\d+)?$"
+    __import__("re").compile(r"^[-+]?\d[\d_]*(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*(?:[eE][-+]?\d+)?$"
                              r"|^[-+]?\.\d+(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
     list("-+0123456789."))
 

@@ -164,27 +164,32 @@ def run(cfg: RunConfig, *, progress: bool = True, teacher_cfg: RunConfig | None 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and shipped is None:  # the ranks of one launch train it together
         return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
     with workload.locked(d.with_name(d.name + ".lock"), what=f"run {d.name} ({cfg.method} {cfg.task} seed {cfg.seed})"):
-        if _finished(d):  # another process may have run this config while we waited
+        if _finished(d, move_aside=True):  # another process may have run this config while we waited
             return _cached(cfg, d)
         if shipped is not None:
             return _install_shipped(shipped, d)
         return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
 
 
-def _finished(d: Path) -> bool:
-    """True if `d` holds a finished run. A result.json that does not parse (a kill or a full disk while it
-    was written by an older kdlib) is moved aside, with a warning naming it, and the run counts as not
-    finished: it runs again (resuming from its checkpoints, or only re-scoring when its model is saved)."""
+def _finished(d: Path, *, move_aside: bool = False) -> bool:
+    """True if `d` holds a finished run. A result.json that does not parse (a kill or a full disk while an
+    older kdlib wrote it) counts as not finished: with `move_aside` (called under the run's lock) it is
+    renamed result.json.unreadable, with a warning naming it, and the run trains again (from its last
+    checkpoint when it kept one)."""
     path = d / "result.json"
-    if not path.exists():
-        return False
     try:
         json.loads(path.read_text())
         return True
-    except (ValueError, OSError) as e:
-        bad = path.with_name("result.json.unreadable")
-        os.replace(path, bad)
-        log.warning("%s cannot be read (%s); moved to %s, so the run counts as not finished", path, e, bad.name)
+    except FileNotFoundError:
+        return False
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if move_aside:
+            try:
+                os.replace(path, path.with_name("result.json.unreadable"))
+            except FileNotFoundError:
+                pass
+            log.warning("%s cannot be read (%s); moved to result.json.unreadable, so the run counts as not "
+                        "finished", path, e)
         return False
 
 

@@ -129,8 +129,9 @@ def main(argv=None) -> int:
 
 def run_all(one, selected: list[Path], jobs: int) -> None:
     """`one(notebook)` for each notebook, `jobs` at a time. The first failure (a SystemExit naming notebook
-    and cell) stops the run: queued notebooks never start, the ones already running finish their current
-    cell's run and are then abandoned, and the failure is raised."""
+    and cell) is printed at once and stops the run: queued notebooks never start; a notebook already running
+    beside it runs to its end (its finished runs stay in the cache; Ctrl-C stops it sooner), then the failure
+    is raised."""
     if jobs == 1:
         for nb in selected:
             one(nb)
@@ -155,7 +156,8 @@ def run_all(one, selected: list[Path], jobs: int) -> None:
     failed = [f for f in done if f.exception() is not None]
     if failed:
         pool.shutdown(wait=False, cancel_futures=True)
-        print("[reproduce] stopping at the first failure; queued notebooks are not started", flush=True)
+        print(f"[reproduce] {failed[0].exception()}\n[reproduce] stopping: queued notebooks are not started; "
+              "a notebook already running finishes first (Ctrl-C stops it)", flush=True)
         raise failed[0].exception()
     pool.shutdown()
 

@@ -57,10 +57,12 @@ def locked(path: Path, what: str = ""):
         pid = holder.read_text().strip() if holder.exists() else "another process"
         print(f"waiting for {what or path.name}: locked by pid {pid} ({path})", file=sys.stderr, flush=True)
         lock.acquire()
+    holder = path.with_name(path.name + ".pid")
     try:
-        path.with_name(path.name + ".pid").write_text(str(os.getpid()))
+        holder.write_text(str(os.getpid()))
         yield
     finally:
+        holder.unlink(missing_ok=True)
         lock.release()
 
 

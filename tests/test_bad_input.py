@@ -10,7 +10,7 @@ from kdlib.config import RunConfig, load_config
     ("steps=abc", "steps='abc' must be a whole number"),
     ("steps=5.5", "steps=5.5 must be a whole number"),
     ("steps=true", "steps=True must be a whole number"),
-    ("lr=fast", "lr='fast' must be a number"),
+    ("lr=fast", "lr='fast' must be a finite number"),
     ("seed=abc", "seed='abc' must be a whole number"),
     ("sampler_params=3", "sampler_params=3 must be a mapping"),
     ("task=bogus", "task='bogus' is not an embedded task; choose one of ['arith', 'summ']"),
@@ -123,7 +123,8 @@ def test_a_truncated_result_is_moved_aside_and_the_run_counts_as_unfinished(tmp_
     from kdlib import experiments
 
     (tmp_path / "result.json").write_text('{"score": 0.5, "cur')
-    assert experiments._finished(tmp_path) is False
+    assert experiments._finished(tmp_path) is False and (tmp_path / "result.json").exists()  # outside the lock
+    assert experiments._finished(tmp_path, move_aside=True) is False
     assert (tmp_path / "result.json.unreadable").exists() and "cannot be read" in caplog.text
     (tmp_path / "result.json").write_text('{"score": 0.5}')
     assert experiments._finished(tmp_path) is True
@@ -252,3 +253,15 @@ def test_a_bad_data_file_is_named_with_its_row_and_field(tmp_path, content, need
     with pytest.raises(ValueError, match=__import__("re").escape(needle)) as e:
         load_jsonl(path)
     assert str(path) in str(e.value)
+
+
+def test_finite_numbers_a_named_directory_and_an_evaluation_set_are_required(tmp_path):
+    with pytest.raises(ValueError, match="lr=nan must be a finite number"):
+        load_config(None, ["lr=.nan"])
+    with pytest.raises(ValueError, match="eval_splits=\\[\\] names no evaluation set"):
+        load_config(None, ["eval_splits=[]"])
+    with pytest.raises(ValueError, match="lr='-e5' must be a finite number"):
+        load_config(None, ["lr=-e5"])
+    mine = tmp_path / "student-finetuned"
+    mine.mkdir()
+    assert RunConfig(teacher=str(mine), student=str(mine), student_init="pretrained")  # not taken for a typo
