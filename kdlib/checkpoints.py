@@ -41,6 +41,8 @@ def save(trainer) -> Path | None:
     acc = trainer.acc
     acc.wait_for_everyone()
     processes = gather_object([_process_state(trainer)])  # every process's own state, in rank order
+    # accelerate gathers the full weights (under FSDP each rank holds a shard): a collective, every rank calls it
+    student_state = acc.get_state_dict(trainer.student)
     if not acc.is_main_process:
         return None
     d = checkpoint_dir(trainer)
@@ -50,7 +52,7 @@ def save(trainer) -> Path | None:
         "metrics": trainer.state.metrics,
         "forwards": vars(trainer.state.forwards),
         "seconds": trainer.state.seconds,
-        "student": acc.unwrap_model(trainer.student).state_dict(),
+        "student": student_state,
         "optimizer": trainer.opt.state_dict(),
         "scheduler": trainer.sched.state_dict(),
         "processes": processes,
@@ -71,9 +73,49 @@ def latest(trainer) -> Path | None:
     return found[-1] if found else None
 
 
+def resume(trainer) -> Path | None:
+    """Restore `trainer` from its newest checkpoint that can be read, and return that file (None: no
+    checkpoint, a fresh start). A damaged one (truncated by a full disk or a kill during a copy) is skipped
+    with a warning naming it and why, and renamed `*.unreadable` by the main process; the next older one is
+    tried: keeping `keep_checkpoints` > 1 is what makes this fallback possible. A checkpoint of another
+    config, or any other error, is raised, never skipped."""
+    import pickle
+    import zipfile
+
+    damaged = (EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, RuntimeError, OSError)
+    for path in reversed(list_checkpoints(checkpoint_dir(trainer))):
+        try:
+            state = _read(path)
+        except (FileNotFoundError, PermissionError):
+            raise
+        except damaged as e:  # a truncated file: torch raises RuntimeError, OSError (EINVAL) or EOFError
+            warnings.warn(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); resuming from "
+                          "the previous checkpoint if there is one", stacklevel=2)
+            if trainer.acc.is_main_process:
+                try:
+                    os.replace(path, path.with_name(path.name + ".unreadable"))
+                except FileNotFoundError:
+                    pass
+            continue
+        _restore(trainer, path, state)
+        return path
+    return None
+
+
+def _read(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    missing = {"step", "student", "optimizer", "scheduler"} - set(state)
+    if missing:
+        raise KeyError(f"no {sorted(missing)} in it")
+    return state
+
+
 def load(trainer, path: Path) -> None:
     """Restore `trainer` to the exact state saved in `path`."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    _restore(trainer, path, _read(path))
+
+
+def _restore(trainer, path: Path, state: dict) -> None:
     saved, current = state["config"], trainer.cfg.to_dict()
     # the run's identity is its hash: bookkeeping fields (checkpoint_every, keep_checkpoints, report_to,
     # eval_every outside DistiLLM) may change between the interrupted run and its resumption

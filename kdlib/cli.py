@@ -34,6 +34,21 @@ def fields_help() -> str:
 
 
 def main(argv=None) -> int:
+    """The CLI; a config or data error prints one line naming the problem and exits 2 (the traceback too with
+    --debug or KDLIB_DEBUG=1)."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        return _main([a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"])
+    except (ValueError, FileNotFoundError) as e:
+        from kdlib._env import env_flag
+
+        if debug or env_flag("KDLIB_DEBUG", default=False):
+            raise
+        print(f"kdlib: error: {e}", file=sys.stderr)  # --debug or KDLIB_DEBUG=1 shows where it was raised
+        return 2
+
+
+def _main(argv) -> int:
     parser = argparse.ArgumentParser(prog="kdlib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=fields_help())
@@ -47,12 +62,16 @@ def main(argv=None) -> int:
         p.add_argument("config", nargs="?", help="YAML file under configs/ (optional)")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--debug", action="store_true", help="on an error, the traceback as well (or KDLIB_DEBUG=1)")
         if name == "eval":
             p.add_argument("--model", help="a save_pretrained directory (or hub name) to score as it is")
             p.add_argument("--out", help="folder for predictions-<split>.jsonl and scores.json "
                                          "(default: <model>/eval when --model is a directory)")
-    args = parser.parse_args(argv)
-    config_path, overrides = args.config, list(args.overrides)
+    args, extra = parser.parse_known_args(argv)  # overrides may also come after --quiet
+    stray = [e for e in extra if "=" not in e]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    config_path, overrides = args.config, list(args.overrides) + extra
     if config_path and "=" in config_path:  # no file, only overrides
         overrides.insert(0, config_path)
         config_path = None

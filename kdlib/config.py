@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -129,14 +130,17 @@ class RunConfig:
     """How many checkpoints to keep."""
 
     def __post_init__(self):
+        _check_types(self)
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r} is unknown; choose one of {sorted(METHODS)}")
         if self.profile not in ("embedded", "paper"):
             raise ValueError(f"profile={self.profile!r}: choose 'embedded' or 'paper'")
         if self.student_init not in ("sft", "scratch", "pretrained"):
             raise ValueError(f"student_init={self.student_init!r}: choose 'sft', 'scratch' or 'pretrained'")
-        from kdlib.models import EMBEDDED_SIZES  # late import: config must stay cheap to import
+        from kdlib.names import EMBEDDED_SIZES  # no torch: a config validates in well under a second
 
+        for role in ("teacher", "student"):
+            _check_model_name(role, getattr(self, role), EMBEDDED_SIZES, self.profile)
         embedded_student = self.student in EMBEDDED_SIZES
         if self.student_init == "scratch" and not embedded_student:
             raise ValueError(f"student_init='scratch' builds an embedded size; student={self.student!r} is a "
@@ -163,7 +167,20 @@ class RunConfig:
                 object.__setattr__(self, "data_dir", os.environ["KDLIB_PAPER_DATA"])
         elif self.data_dir:
             raise ValueError("data_dir is for profile='paper' (embedded tasks are generated, not read)")
+        else:
+            from kdlib.workload import TASK_SPLITS  # light: no torch
+
+            if self.task not in TASK_SPLITS:
+                raise ValueError(f"task={self.task!r} is not an embedded task; choose one of {sorted(TASK_SPLITS)} "
+                                 "(or profile='paper' for the papers' datasets)")
+            for split in self.eval_splits:  # fail now, not after training
+                if split not in TASK_SPLITS[self.task] or split == "train":
+                    raise ValueError(f"eval_splits: task {self.task!r} has no held-out split {split!r}; it has "
+                                     f"{[s for s in TASK_SPLITS[self.task] if s != 'train']}")
         r = self.resolved
+        if self.sampler_params and r["sampler"] is None:
+            raise ValueError(f"sampler_params={self.sampler_params!r}: method={self.method!r} uses no sampler "
+                             f"(source {r['source']!r}); drop them, or set sampler= as well")
         if r["source"] not in SOURCES:
             raise ValueError(f"source={r['source']!r} is unknown; choose one of {SOURCES}")
         if r["source"] in ("sampler", "mix", "distillm") and r["sampler"] is None:
@@ -190,11 +207,11 @@ class RunConfig:
                              f"micro_batch_size={self.micro_batch_size}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype={self.dtype!r}: choose auto, float32 or bfloat16")
-        from kdlib import divergences, samplers  # late import: config must stay cheap to import
+        from kdlib import names
 
-        divergences.validate_params(r["divergence"], **r["divergence_params"])
+        names.validate_params(r["divergence"], **r["divergence_params"])
         if r["sampler"] is not None:
-            samplers.validate_sampler_params(r["sampler"], **r["sampler_params"])
+            names.validate_sampler_params(r["sampler"], **r["sampler_params"])
 
     @property
     def resolved(self) -> dict[str, Any]:
@@ -245,12 +262,11 @@ class RunConfig:
         """The fields that name the algorithm, in one form per run: a value spelled out at the preset's
         or the library's default is the same run as leaving it out (e.g. gkd with divergence 'jsd',
         beta 0.5 is gkd), and λ only counts for GKD's mix."""
-        from kdlib import divergences
-        from kdlib.samplers import SAMPLER_DEFAULTS
+        from kdlib.names import DIVERGENCE_PARAMS, SAMPLER_DEFAULTS
 
         source, sampler, divergence, div_params = METHODS[self.method]
         r = self.resolved
-        base = div_params if r["divergence"] == divergence else divergences._RULES[r["divergence"]].params
+        base = div_params if r["divergence"] == divergence else DIVERGENCE_PARAMS[r["divergence"]]
         out = {"source": None if r["source"] == source else r["source"],
                "sampler": None if r["sampler"] == sampler else r["sampler"],
                "divergence": None if r["divergence"] == divergence else r["divergence"],
@@ -289,6 +305,88 @@ def _upstream_hashes(cfg: "RunConfig") -> dict:
     return out
 
 
+def _check_types(cfg) -> None:
+    """Every field against its declared type, naming field, value and expected type: ints are ints (not 5.5,
+    not true), floats take ints too, a lone string where a list is expected becomes a list of one."""
+    import typing
+
+    hints = typing.get_type_hints(RunConfig)
+    for f in fields(RunConfig):
+        value, want = getattr(cfg, f.name), hints[f.name]
+        optional = typing.get_origin(want) is typing.Union and type(None) in typing.get_args(want)
+        base = next(a for a in typing.get_args(want) if a is not type(None)) if optional else want
+        if optional and value is None:
+            continue
+        if base is tuple:
+            if isinstance(value, str):
+                object.__setattr__(cfg, f.name, (value,))
+                continue
+            ok = isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value)
+            if ok and not value and f.name == "eval_splits":
+                raise ValueError("eval_splits=[] names no evaluation set; give at least one, e.g. [test]")
+            if ok:
+                object.__setattr__(cfg, f.name, tuple(value))
+            expected = "a list of strings"
+        elif base is bool:
+            ok, expected = isinstance(value, bool), "true or false"
+        elif base is int:
+            ok, expected = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        elif base is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            expected = "a finite number"
+        elif base is str:
+            ok, expected = isinstance(value, str), "a string"
+        elif base is dict:
+            ok, expected = isinstance(value, dict), "a mapping (key: value, or key.item=value on the command line)"
+        else:  # pragma: no cover - every field has one of the types above
+            continue
+        if not ok:
+            raise ValueError(f"{f.name}={value!r} must be {expected}, not {type(value).__name__}")
+
+
+def _check_model_name(role: str, name: str, sizes, profile: str, check_offline: bool = False) -> None:
+    """Fail now, not after a minute of trying the hub: a typo of an embedded size, a path that does not
+    exist, or (`check_offline`, with HF_HUB_OFFLINE set) a hub name that is not in the local cache."""
+    import os
+    import re
+
+    from kdlib.workload import PRETRAINED
+
+    if name in sizes or name in PRETRAINED:
+        return
+    known = f"embedded sizes {sorted(sizes)}, pretrained {sorted(PRETRAINED)}"
+    if Path(name).expanduser().is_dir():  # a local model directory, whatever its name
+        return
+    if re.fullmatch(r"(student|teacher|tiny)([-_]\w*)?", name):
+        raise ValueError(f"{role}={name!r} is not an embedded size; choose one of {known}, a local "
+                         "directory or a hub name")
+    local = name
+    if profile == "paper":
+        from kdlib.paper import model_path
+
+        local = model_path(name)
+    path = Path(local).expanduser()
+    if path.is_dir():
+        return
+    if local.startswith(("/", "./", "../", "~")) or path.exists():
+        raise ValueError(f"{role}={name!r}: no model directory at {path} ({known})")
+    if check_offline and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(local, "config.json"), str):
+            raise ValueError(f"{role}={name!r} is neither a local directory nor in the hub cache, and "
+                             f"HF_HUB_OFFLINE is set: download it first or give its directory ({known})")
+
+
+def check_models_reachable(cfg: "RunConfig") -> None:
+    """Before a run loads anything: with HF_HUB_OFFLINE set, every hub name must be in the local cache (a
+    config alone, e.g. the paper plan, does not need the models)."""
+    from kdlib.names import EMBEDDED_SIZES
+
+    for role in ("teacher", "student"):
+        _check_model_name(role, getattr(cfg, role), EMBEDDED_SIZES, cfg.profile, check_offline=True)
+
+
 def _positive(cfg, *names):
     for n in names:
         if getattr(cfg, n) <= 0:
@@ -310,9 +408,29 @@ def from_dict(d: dict, source: str = "config") -> RunConfig:
         raise ValueError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(FIELD_NAMES)}")
     d = dict(d)
     for key in ("eval_splits", "report_to"):
-        if key in d:
+        if isinstance(d.get(key), str):  # a lone name is a list of one
+            d[key] = (d[key],)
+        elif isinstance(d.get(key), list):
             d[key] = tuple(d[key])
     return RunConfig(**d)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as people write numbers: 1e-3 and 5E4 are floats (YAML 1.1 reads them as strings)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    __import__("re").compile(r"^[-+]?\d[\d_]*(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*(?:[eE][-+]?\d+)?$"
+                             r"|^[-+]?\.\d+(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
+def _yaml(text: str, source: str):
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{source}: not valid YAML: {e}".replace('"<unicode string>"', source)) from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -321,7 +439,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"override {text!r} is not of the form key=value")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), _yaml(value, f"override {text!r}")
 
 
 def apply_overrides(d: dict, overrides: list[str] | dict) -> dict:
@@ -342,7 +460,12 @@ def load_config(path=None, overrides=()) -> RunConfig:
     """A config from a YAML file (or defaults) with key=value overrides applied last."""
     d = {}
     if path is not None:
-        d = yaml.safe_load(Path(path).read_text()) or {}
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config file {path} does not exist (configs/ holds the shipped ones)")
+        d = _yaml(Path(path).read_text(), str(path))
+        if d is None:
+            raise ValueError(f"{path}: the config file is empty; give at least `method:` (or no file, "
+                             "only key=value overrides, for every default)")
         if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a mapping of config fields")
+            raise ValueError(f"{path}: expected a mapping of config fields, got {type(d).__name__}")
     return from_dict(apply_overrides(d, overrides), source=str(path or "overrides"))

@@ -32,6 +32,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
+from kdlib.names import DIVERGENCE_PARAMS, _check_param, needs_teacher, validate_params  # noqa: F401 - part of this module's API
+
 CHUNK_BYTES = 64 * 2**20  # default float32 (chunk, V) block on GPU
 CHUNK_BYTES_CPU = 16 * 2**20  # on CPU: cache-sized blocks are faster (see benchmarks/bench_divergences.py)
 
@@ -149,41 +151,14 @@ class _Rule(NamedTuple):
 
 
 _RULES = {
-    "fkl": _Rule(_fkl_value, _fkl_grad, True, {}),
-    "rkl": _Rule(_rkl_value, _rkl_grad, True, {}),
-    "jsd": _Rule(_jsd_value, _jsd_grad, True, {"beta": 0.5}),
-    "tvd": _Rule(_tvd_value, _tvd_grad, True, {}),
-    "sfkl": _Rule(_sfkl_value, _sfkl_grad, True, {"alpha": 0.1}),
-    "srkl": _Rule(_srkl_value, _srkl_grad, True, {"alpha": 0.1}),
-    "ce": _Rule(_ce_value, _ce_grad, False, {}),
+    "fkl": _Rule(_fkl_value, _fkl_grad, True, DIVERGENCE_PARAMS["fkl"]),
+    "rkl": _Rule(_rkl_value, _rkl_grad, True, DIVERGENCE_PARAMS["rkl"]),
+    "jsd": _Rule(_jsd_value, _jsd_grad, True, DIVERGENCE_PARAMS["jsd"]),
+    "tvd": _Rule(_tvd_value, _tvd_grad, True, DIVERGENCE_PARAMS["tvd"]),
+    "sfkl": _Rule(_sfkl_value, _sfkl_grad, True, DIVERGENCE_PARAMS["sfkl"]),
+    "srkl": _Rule(_srkl_value, _srkl_grad, True, DIVERGENCE_PARAMS["srkl"]),
+    "ce": _Rule(_ce_value, _ce_grad, False, DIVERGENCE_PARAMS["ce"]),
 }
-
-
-# --------------------------------------------------------------------------------------------------------
-# Validation: plain Python, no tensors, so the config system can call it at construction.
-
-
-def _check_number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _check_param(name: str, value) -> None:
-    if name == "chunk_size":
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"chunk_size must be None or a positive int (positions per chunk), got {value!r}")
-        return
-    x = _check_number(name, value)
-    if name == "temperature" and x <= 0:
-        raise ValueError(f"temperature must be > 0 (it divides the logits), got {value!r}")
-    if name == "beta" and not 0 < x < 1:
-        raise ValueError(
-            f"beta must be in the open interval (0, 1), got {value!r}: JSD(β) tends to 0 at both ends; "
-            "use forward_kl ('fkl') for the β → 0 direction and reverse_kl ('rkl') for β → 1"
-        )
-    if name == "alpha" and not 0 <= x < 1:
-        raise ValueError(f"alpha must be in [0, 1), got {value!r} (alpha = 1 makes the skew divergence 0)")
 
 
 def _rule(name: str) -> _Rule:
@@ -192,18 +167,7 @@ def _rule(name: str) -> _Rule:
     return _RULES[name]
 
 
-def validate_params(name: str, **params) -> None:
-    """Raise ValueError for an unknown divergence name, an unknown parameter or an out-of-range value."""
-    allowed = {"temperature", "chunk_size", *_rule(name).params}
-    for key, value in params.items():
-        if key not in allowed:
-            raise ValueError(f"divergence {name!r} takes no parameter {key!r}; allowed: {sorted(allowed)}")
-        _check_param(key, value)
-
-
-def needs_teacher(name: str) -> bool:
-    """True if divergence `name` compares against teacher logits, False if against target ids ('ce')."""
-    return _rule(name).uses_teacher
+# Validation (plain Python, no tensors) lives in kdlib.names so that configs validate without torch.
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from kdlib import checkpoints, workload
+from kdlib._env import env_flag
 from kdlib.config import RunConfig
 from kdlib.models import EMBEDDED_SIZES, build_llama, keep_freed_memory, load_model, n_params, pick_device_dtype
 from kdlib.sources import build_source
@@ -145,7 +146,7 @@ SHIPPED = Path(__file__).resolve().parent / "shipped"
 def shipped_run(cfg: RunConfig) -> Path | None:
     """The shipped copy of `cfg`'s finished run, or None."""
     d = SHIPPED / cfg.hash()
-    if os.environ.get("KDLIB_SHIPPED", "1") == "0" or not (d / "result.json").exists() \
+    if not env_flag("KDLIB_SHIPPED") or not (d / "result.json").exists() \
             or not (d / "model" / "model.safetensors").exists():
         return None
     return d
@@ -154,24 +155,49 @@ def shipped_run(cfg: RunConfig) -> Path | None:
 def run(cfg: RunConfig, *, progress: bool = True, teacher_cfg: RunConfig | None = None) -> dict:
     """Train and evaluate `cfg` (or read its cached or shipped result). Returns the result row."""
     d = run_dir(cfg)
-    if (d / "result.json").exists():
+    if _finished(d):
         return _cached(cfg, d)
+    from kdlib.config import check_models_reachable
+
+    check_models_reachable(cfg)  # offline: a hub name not in the cache fails now, not after a minute
     shipped = shipped_run(cfg)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and shipped is None:  # the ranks of one launch train it together
         return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
-    with workload.locked(d.with_name(d.name + ".lock")):  # another process may be running this config
-        if (d / "result.json").exists():
+    with workload.locked(d.with_name(d.name + ".lock"), what=f"run {d.name} ({cfg.method} {cfg.task} seed {cfg.seed})"):
+        if _finished(d, move_aside=True):  # another process may have run this config while we waited
             return _cached(cfg, d)
         if shipped is not None:
             return _install_shipped(shipped, d)
         return _run_uncached(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
 
 
+def _finished(d: Path, *, move_aside: bool = False) -> bool:
+    """True if `d` holds a finished run. A result.json that does not parse (a kill or a full disk while an
+    older kdlib wrote it) counts as not finished: with `move_aside` (called under the run's lock) it is
+    renamed result.json.unreadable, with a warning naming it, and the run trains again (from its last
+    checkpoint when it kept one)."""
+    path = d / "result.json"
+    try:
+        json.loads(path.read_text())
+        return True
+    except FileNotFoundError:
+        return False
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if move_aside:
+            try:
+                os.replace(path, path.with_name("result.json.unreadable"))
+            except FileNotFoundError:
+                pass
+            log.warning("%s cannot be read (%s); moved to result.json.unreadable, so the run counts as not "
+                        "finished", path, e)
+        return False
+
+
 def _cached(cfg: RunConfig, d: Path) -> dict:
     """The cached result of `cfg`. eval_every is not part of the hash (the curve does not change the trained
     model, so notebooks share runs), so a run cached by a caller with another eval_every may lack points of
     the learning curve `cfg` asks for: say so, naming the run, rather than plot a curve with points missing."""
-    result = json.loads((d / "result.json").read_text())
+    result = json.loads((d / "result.json").read_text())  # _finished() has read it once already
     cached_every = result.get("eval_every", cfg.eval_every)
     if cfg.eval_every and (not cached_every or cfg.eval_every % cached_every):  # a finer curve holds every point
         log.warning("%s (%s %s seed %s): cached with eval_every=%s, so its learning curve lacks points that "
@@ -235,7 +261,30 @@ def _replace_model_dir(d: Path, write) -> None:
     (d / "model.tmp").replace(d / "model")
 
 
+# CPU threads of one run's own arithmetic: float sums come out differently with 1 and 2 threads (from the
+# third step on here), so a run's numbers would depend on how it was launched (a notebook alone, or two
+# beside each other under make reproduce). Every run uses this count, whatever the process had, and records
+# it in its provenance; KDLIB_RUN_THREADS changes it (and so, possibly, the last digits of every result).
+RUN_THREADS = 1
+
+
+def run_threads() -> int:
+    value = os.environ.get("KDLIB_RUN_THREADS", str(RUN_THREADS))
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"KDLIB_RUN_THREADS={value!r} must be a whole number >= 1")
+    return int(value)
+
+
 def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> dict:
+    before = torch.get_num_threads()
+    torch.set_num_threads(run_threads())
+    try:
+        return _train_and_score(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_and_score(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> dict:
     from kdlib import evaluate as ev
     from kdlib import samplers
 
@@ -268,15 +317,16 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
                       mixed_precision="bf16" if dtype == torch.bfloat16 else "no",
                       sampler=sampler, run_dir=d, progress=progress,
                       on_eval=lambda t: _eval_during_training(t, curve_rows, val_rows))
-    last = checkpoints.latest(trainer)
-    if last is not None:  # an interrupted run: resume exactly where it stopped
+    last = checkpoints.resume(trainer)  # an interrupted run: resume exactly where it stopped
+    if last is not None:
         log.info("resuming %s from %s", d, last)
-        checkpoints.load(trainer, last)
     elif val_rows:  # DistiLLM: the reference validation loss, before any update (as the authors' code)
         source.report_validation(ev.validation_loss(student, tok, val_rows, max_new_tokens=cfg.max_new_tokens))
     trainer.fit()
+    # the full weights, gathered by accelerate on every rank (FSDP shards them); LoRA merges them itself
+    state = None if cfg.lora_rank else trainer.acc.get_state_dict(trainer.student)
     if trainer.acc.is_main_process:  # one writer: the model, the predictions and result.json
-        _save_and_score(cfg, d, trainer, tok, t0, device, dtype, progress)
+        _save_and_score(cfg, d, trainer, tok, t0, device, dtype, progress, state)
     trainer.acc.wait_for_everyone()
     return json.loads((d / "result.json").read_text())
 
@@ -307,13 +357,15 @@ def score_splits(cfg: RunConfig, model, tok, out_dir: Path | None, progress: boo
     return scores
 
 
-def _save_and_score(cfg: RunConfig, d: Path, trainer: Trainer, tok, t0: float, device, dtype, progress: bool):
-    """Save the trained student (atomically), score it on every evaluation split, write result.json."""
+def _save_and_score(cfg: RunConfig, d: Path, trainer: Trainer, tok, t0: float, device, dtype, progress: bool,
+                    state: dict | None = None):
+    """Save the trained student (atomically; `state`: its full weights as accelerate gathered them), score it
+    on every evaluation split, write result.json."""
     r = cfg.resolved
     model = trainer.acc.unwrap_model(trainer.student)
     if cfg.lora_rank:
         model = model.merge_and_unload()  # a plain model: evaluation and later runs load it as usual
-    _replace_model_dir(d, model.save_pretrained)
+    _replace_model_dir(d, lambda tmp: model.save_pretrained(tmp, **({"state_dict": state} if state else {})))
     scores = score_splits(cfg, model, tok, d, progress)
     score = scores[split_label(cfg.eval_splits[0])]["score"]
     metrics = trainer.state.metrics

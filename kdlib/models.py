@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
-from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
+
+from kdlib._env import env_flag
+from kdlib.names import EMBEDDED_SIZES, ModelSize  # noqa: F401 - part of this module's API
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers import PreTrainedTokenizerFast
 
@@ -24,25 +25,6 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
     "{% if add_generation_prompt %}<assistant>{% endif %}"
 )
-
-
-@dataclass(frozen=True)
-class ModelSize:
-    """A Llama shape: layers x hidden width, attention heads, MLP width."""
-
-    layers: int
-    hidden: int
-    heads: int
-    intermediate: int
-
-
-# Embedded sizes; parameter counts for the embedded vocabulary are printed by the workload report.
-EMBEDDED_SIZES = {
-    "teacher": ModelSize(layers=4, hidden=256, heads=4, intermediate=512),
-    "student-m": ModelSize(layers=2, hidden=128, heads=4, intermediate=256),
-    "student-s": ModelSize(layers=2, hidden=64, heads=2, intermediate=128),
-    "tiny": ModelSize(layers=1, hidden=32, heads=2, intermediate=64),  # tests and smoke runs
-}
 
 
 def build_word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
@@ -114,7 +96,7 @@ def keep_freed_memory() -> bool:
     global _kept_freed_memory
     if _kept_freed_memory is None:
         _kept_freed_memory = False
-        if os.environ.get("KDLIB_KEEP_FREED_MEMORY", "1") != "0":
+        if env_flag("KDLIB_KEEP_FREED_MEMORY"):
             try:
                 libc = ctypes.CDLL("libc.so.6")
                 _kept_freed_memory = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and \

@@ -110,20 +110,56 @@ def main(argv=None) -> int:
             print(f"[reproduce] {nb.name} done in {took:.0f} s ({took / 60:.1f} min)", flush=True)
             return took
 
-        if jobs == 1:
-            for nb in selected:
-                one(nb)
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(jobs) as pool:  # a failure (SystemExit naming the notebook) propagates
-                for future in [pool.submit(one, nb) for nb in selected]:
-                    future.result()
+        try:
+            run_all(one, selected, jobs)
+        except SystemExit as e:
+            if args.smoke:  # the temporary folder goes away: keep the failing executed copy where it can be read
+                kept = executed / "failed"
+                kept.mkdir(parents=True, exist_ok=True)
+                for nb in Path(tmp).glob("*.ipynb"):
+                    (kept / nb.name).write_bytes(nb.read_bytes())
+                raise SystemExit(str(e.code).replace(str(tmp), str(kept))) from None
+            raise
     wall = time.time() - watch.start
     print(f"[reproduce] all notebooks done in {wall:.0f} s ({wall / 60:.1f} min wall, {jobs} at a time)")
     if args.profile == "embedded" and not args.smoke and not args.only:
         _write_times(seconds, jobs, watch.elapsed())
     return 0
+
+
+def run_all(one, selected: list[Path], jobs: int) -> None:
+    """`one(notebook)` for each notebook, `jobs` at a time. The first failure (a SystemExit naming notebook
+    and cell) is printed at once and stops the run: queued notebooks never start; a notebook already running
+    beside it runs to its end (its finished runs stay in the cache; Ctrl-C stops it sooner), then the failure
+    is raised."""
+    if jobs == 1:
+        for nb in selected:
+            one(nb)
+        return
+    import threading
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    stop = threading.Event()
+
+    def guarded(nb: Path):
+        if stop.is_set():  # a notebook failed meanwhile: this queued one never starts
+            return None
+        try:
+            return one(nb)
+        except BaseException:
+            stop.set()
+            raise
+
+    pool = ThreadPoolExecutor(jobs)
+    futures = [pool.submit(guarded, nb) for nb in selected]
+    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+    failed = [f for f in done if f.exception() is not None]
+    if failed:
+        pool.shutdown(wait=False, cancel_futures=True)
+        print(f"[reproduce] {failed[0].exception()}\n[reproduce] stopping: queued notebooks are not started; "
+              "a notebook already running finishes first (Ctrl-C stops it)", flush=True)
+        raise failed[0].exception()
+    pool.shutdown()
 
 
 def _write_times(seconds: dict, jobs: int, elapsed: dict) -> None:

@@ -9,15 +9,12 @@ One optimizer step:
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -187,9 +184,8 @@ class Trainer:
         batches, used, stats = self.draw_step()
         loss_value = self.accumulate_gradients(batches)
         if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"loss is {loss_value} at step {self.state.step + 1}; stopped, the last good "
-                f"checkpoint in {self.run_dir / 'checkpoints'} is kept")
+            raise NonFiniteLossError(f"loss is {loss_value} at step {self.state.step + 1}; stopped, "
+                                     f"{self._kept_checkpoint()}")
         # the norm is measured even without clipping (max_norm inf): a finite loss can still give an
         # inf/NaN gradient, which the optimizer step would write into the weights
         grad_norm = float(self.acc.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm or math.inf))
@@ -197,7 +193,7 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             raise NonFiniteLossError(
                 f"gradient norm is {grad_norm} at step {self.state.step + 1} (loss {loss_value:.4g}); "
-                f"stopped before the update, the last good checkpoint in {self.run_dir / 'checkpoints'} is kept")
+                f"stopped before the update, {self._kept_checkpoint()}")
         lr = self.sched.get_last_lr()[0]  # the rate this update uses
         self.opt.step()
         self.sched.step()
@@ -215,6 +211,14 @@ class Trainer:
         if self.acc.trackers:
             self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=row["step"])
         return row
+
+    def _kept_checkpoint(self) -> str:
+        """What a stopped run leaves to resume from, said truthfully."""
+        from kdlib import checkpoints
+
+        found = checkpoints.list_checkpoints(checkpoints.checkpoint_dir(self))
+        return (f"the last good checkpoint {found[-1]} is kept" if found else
+                "no checkpoint was written yet (set checkpoint_every to keep one)")
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self) -> TrainState:

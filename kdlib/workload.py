@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -41,22 +42,28 @@ def key_hash(obj) -> str:
 
 
 @contextlib.contextmanager
-def locked(path: Path):
+def locked(path: Path, what: str = ""):
     """An exclusive lock on `path` (created if missing) for as long as the block runs, so that two
-    processes (two notebooks, two ranks) never build the same artifact at once: the second one waits,
-    then finds it built. A no-op where `fcntl` does not exist (Windows)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover
-        yield
-        return
+    processes (two notebooks, two ranks) never build the same artifact at once: the second one says whose
+    lock it waits for (`what`, the holder's pid), waits, then finds it built (filelock)."""
+    import filelock
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = filelock.FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        holder = path.with_name(path.name + ".pid")
+        pid = holder.read_text().strip() if holder.exists() else "another process"
+        print(f"waiting for {what or path.name}: locked by pid {pid} ({path})", file=sys.stderr, flush=True)
+        lock.acquire()
+    holder = path.with_name(path.name + ".pid")
+    try:
+        holder.write_text(str(os.getpid()))
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
 
 
 def cached_dir(kind: str, key: dict, build: Callable[[Path], None]) -> Path:

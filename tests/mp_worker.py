@@ -1,6 +1,5 @@
 """Run by tests/test_multiprocess.py under `torchrun --nproc_per_node 2` (and once in-process):
 a tiny KD run whose final weights and losses are saved by rank 0."""
-import json
 import sys
 
 import torch
@@ -32,7 +31,13 @@ def main(out_path: str, steps: int = 4):
     trainer.opt.zero_grad()
     trainer.source.picker.load_state_dict({**trainer.source.picker.state_dict(), "pos": 0})
     trainer.fit()
+    from kdlib import checkpoints
+
+    saved = checkpoints.save(trainer)  # every rank takes part (accelerate gathers the weights); rank 0 writes
     if acc.is_main_process:
+        ckpt = torch.load(saved, weights_only=False)["student"]
+        weights = acc.unwrap_model(trainer.student).state_dict()
+        assert set(ckpt) == set(weights) and all(torch.equal(ckpt[k], weights[k]) for k in weights)
         torch.save({"grads": grads, "world": acc.num_processes,
                     "losses": [m["loss"] for m in trainer.state.metrics],
                     "lrs": [m["lr"] for m in trainer.state.metrics]}, out_path)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from kdlib import paper
 from kdlib.config import RunConfig, load_config
@@ -224,6 +223,11 @@ def test_dry_run_lists_every_table_with_positive_hours():
         for pair in t.pairs:
             assert paper.PAIRS[pair].teacher in text
     assert "teacher fine-tuning" in text and "student SFT warm-up" in text
+    # every evaluation set a table scores is named in the plan, GSM-Plus (AdaSwitch's tables) among them
+    assert "evaluation of the gsm8k runs: gsm8k:test, gsm_plus:test" in text
+    for t in paper.TABLES.values():
+        for dataset in t.datasets:
+            assert f"evaluation of the {dataset} runs:" in text
 
 
 def test_estimate_grows_with_model_size_and_sampling():

@@ -2,7 +2,6 @@
 per-item scores for paired claims, and the mechanism measurements."""
 import json
 
-import pandas as pd
 import pytest
 import torch
 

@@ -1,0 +1,267 @@
+"""Careless input fails at once, naming the field, value, file or variable — before any model loads."""
+import pytest
+
+from kdlib import cli
+from kdlib._env import env_flag
+from kdlib.config import RunConfig, load_config
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("steps=abc", "steps='abc' must be a whole number"),
+    ("steps=5.5", "steps=5.5 must be a whole number"),
+    ("steps=true", "steps=True must be a whole number"),
+    ("lr=fast", "lr='fast' must be a finite number"),
+    ("seed=abc", "seed='abc' must be a whole number"),
+    ("sampler_params=3", "sampler_params=3 must be a mapping"),
+    ("task=bogus", "task='bogus' is not an embedded task; choose one of ['arith', 'summ']"),
+    ("eval_splits=[test,bogus]", "no held-out split 'bogus'"),
+    ("eval_splits=train", "no held-out split 'train'"),
+    ("gradient_checkpointing=maybe", "gradient_checkpointing='maybe' must be true or false"),
+])
+def test_a_bad_value_names_the_field_and_what_it_must_be(override, needle):
+    with pytest.raises(ValueError, match=__import__("re").escape(needle)):
+        load_config(None, [override])
+
+
+def test_scientific_notation_and_a_lone_split_read_as_meant():
+    cfg = load_config(None, ["lr=1e-3", "weight_decay=5E-2", "eval_splits=plus", "report_to=tensorboard"])
+    assert (cfg.lr, cfg.weight_decay, cfg.eval_splits, cfg.report_to) == (0.001, 0.05, ("plus",), ("tensorboard",))
+    assert load_config(None, ["lr=0.001"]).hash() == cfg.replace(weight_decay=0.0, eval_splits=("test",),
+                                                                   report_to=()).hash()
+
+
+def test_sampler_params_without_a_sampler_are_refused():
+    with pytest.raises(ValueError, match="method='kd' uses no sampler"):
+        RunConfig(method="kd", sampler_params={"top_k": 3})
+    assert RunConfig(method="kd", sampler="skd", source="sampler", sampler_params={"top_k": 3})
+
+
+def test_config_files_empty_broken_or_missing_are_named(tmp_path):
+    (tmp_path / "empty.yaml").write_text("\n")
+    (tmp_path / "broken.yaml").write_text("method: [kd\n")
+    (tmp_path / "list.yaml").write_text("- kd\n")
+    with pytest.raises(ValueError, match="empty.yaml: the config file is empty"):
+        load_config(tmp_path / "empty.yaml")
+    with pytest.raises(ValueError, match="broken.yaml: not valid YAML") as e:
+        load_config(tmp_path / "broken.yaml")
+    assert "<unicode string>" not in str(e.value)
+    with pytest.raises(ValueError, match="list.yaml: expected a mapping"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(FileNotFoundError, match="nope.yaml does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_the_cli_prints_one_line_and_exits_2(capsys):
+    assert cli.main(["show", "steps=abc"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "kdlib: error: steps='abc' must be a whole number, not str"
+    with pytest.raises(ValueError):
+        cli.main(["show", "steps=abc", "--debug"])
+    assert cli.main(["show", "--quiet", "method=kd", "lr=1e-3"]) == 0  # overrides after a flag are read
+    assert '"lr": 0.001' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value, expected", [("0", False), ("false", False), ("No", False), ("off", False),
+                                             ("1", True), ("TRUE", True), ("yes", True), ("", True)])
+def test_boolean_switches_take_the_usual_spellings(monkeypatch, value, expected):
+    monkeypatch.setenv("KDLIB_SHIPPED", value)
+    assert env_flag("KDLIB_SHIPPED") is expected
+
+
+def test_a_boolean_switch_with_another_value_is_refused(monkeypatch):
+    monkeypatch.setenv("KDLIB_SHIPPED", "nah")
+    with pytest.raises(ValueError, match="KDLIB_SHIPPED='nah'"):
+        env_flag("KDLIB_SHIPPED")
+
+
+def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tokenizer, arith_rows, tmp_path):
+    import torch
+
+    from kdlib import checkpoints
+
+    from test_train import make_trainer
+
+    cfg = RunConfig(method="kd", batch_size=4, steps=4, checkpoint_every=1, max_new_tokens=24, keep_checkpoints=2)
+    t = make_trainer(cfg, tokenizer, arith_rows, tmp_path)
+    t.fit()
+    files = checkpoints.list_checkpoints(checkpoints.checkpoint_dir(t))
+    assert [f.name for f in files] == ["step-000003.pt", "step-000004.pt"]
+    files[-1].write_bytes(files[-1].read_bytes()[:5000])  # truncated, as by a full disk
+    again = make_trainer(cfg, tokenizer, arith_rows, tmp_path)
+    with pytest.warns(UserWarning, match="step-000004.pt cannot be read"):
+        used = checkpoints.resume(again)
+    assert used == files[0] and again.state.step == 3
+    assert (files[-1].parent / "step-000004.pt.unreadable").exists()
+    for a, b in zip(again.student.parameters(), torch.load(files[0], weights_only=False)["student"].values()):
+        assert torch.equal(a, b)
+
+
+def test_a_nan_before_any_checkpoint_says_none_was_kept(tokenizer, arith_rows, tmp_path):
+    from kdlib.train import NonFiniteLossError
+
+    from test_train import make_trainer
+
+    t = make_trainer(RunConfig(method="sft", batch_size=4, steps=2, max_new_tokens=24), tokenizer, arith_rows, tmp_path)
+    with torch_nan(t), pytest.raises(NonFiniteLossError, match="no checkpoint was written yet"):
+        t.fit()
+
+
+class torch_nan:
+    """Make the trainer's loss NaN for the block."""
+
+    def __init__(self, trainer):
+        self.t, self.orig = trainer, trainer.accumulate_gradients
+
+    def __enter__(self):
+        self.t.accumulate_gradients = lambda batches: float("nan")
+
+    def __exit__(self, *a):
+        self.t.accumulate_gradients = self.orig
+
+
+def test_a_truncated_result_is_moved_aside_and_the_run_counts_as_unfinished(tmp_path, caplog):
+    from kdlib import experiments
+
+    (tmp_path / "result.json").write_text('{"score": 0.5, "cur')
+    assert experiments._finished(tmp_path) is False and (tmp_path / "result.json").exists()  # outside the lock
+    assert experiments._finished(tmp_path, move_aside=True) is False
+    assert (tmp_path / "result.json.unreadable").exists() and "cannot be read" in caplog.text
+    (tmp_path / "result.json").write_text('{"score": 0.5}')
+    assert experiments._finished(tmp_path) is True
+
+
+def test_a_second_process_says_whose_lock_it_waits_for(tmp_path, capfd):
+    import subprocess
+    import sys
+    import time
+
+    from kdlib import workload
+
+    lock = tmp_path / "run.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, %r)\n"
+        "from kdlib import workload\n"
+        "with workload.locked(__import__('pathlib').Path(%r), what='run x'):\n"
+        "    print('held', flush=True); time.sleep(3)") % (str(__import__('pathlib').Path(workload.__file__).parents[1]), str(lock))],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    t0 = time.time()
+    with workload.locked(lock, what="run x (kd arith seed 0)"):
+        waited = time.time() - t0
+    holder.wait()
+    assert waited > 1
+    assert f"waiting for run x (kd arith seed 0): locked by pid {holder.pid}" in capfd.readouterr().err
+
+
+def test_reproduce_stops_at_the_first_failing_notebook():
+    import threading
+    import time
+    from pathlib import Path
+
+    from kdlib.reproduce import run_all
+
+    started, gate = [], threading.Event()
+
+    def one(nb):
+        started.append(nb.name)
+        if nb.name == "a":
+            raise SystemExit("notebook a failed in cell 3: ValueError: bad")
+        gate.wait(2)  # the notebook running beside it
+        return 1.0
+
+    t0 = time.time()
+    with pytest.raises(SystemExit, match="notebook a failed in cell 3"):
+        run_all(one, [Path("a"), Path("b"), Path("c"), Path("d")], jobs=2)
+    assert time.time() - t0 < 1.5  # it did not wait for the queue to drain
+    gate.set()
+    time.sleep(0.1)
+    assert "c" not in started and "d" not in started
+
+
+def test_model_names_that_cannot_work_fail_before_anything_loads(monkeypatch):
+    from kdlib.config import check_models_reachable
+
+    with pytest.raises(ValueError, match="student='student-xs' is not an embedded size; choose one of"):
+        RunConfig(student="student-xs")
+    with pytest.raises(ValueError, match="no model directory at /nope/model"):
+        RunConfig(teacher="/nope/model", student="/nope/other", student_init="pretrained")
+    hub = RunConfig(teacher="someone/teacher-7b", student="someone/student-1b", student_init="pretrained")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="neither a local directory nor in the hub cache, and HF_HUB_OFFLINE"):
+        check_models_reachable(hub)
+    check_models_reachable(RunConfig())  # embedded sizes need nothing
+
+
+def test_a_run_gives_the_same_weights_however_many_threads_the_process_had(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from kdlib import experiments
+
+    from conftest import cache_sharing_task_data
+
+    cfg = RunConfig(method="kd", task="arith", student="tiny", teacher="tiny", teacher_steps=3, steps=4,
+                    batch_size=8, n_train=32, n_eval=4, max_new_tokens=16)
+    seen, real = [], experiments._train_and_score
+    monkeypatch.setattr(experiments, "_train_and_score",
+                        lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    weights = []
+    for threads in (1, 2):
+        cache = cache_sharing_task_data(tmp_path / f"cache{threads}")
+        monkeypatch.setenv("KDLIB_CACHE", str(cache))
+        torch.set_num_threads(threads)
+        result = experiments.run(cfg, progress=False)
+        assert result["provenance"]["threads"] == experiments.RUN_THREADS
+        weights.append(load_file(str(cache / "runs" / cfg.hash() / "model" / "model.safetensors")))
+        assert torch.get_num_threads() == threads  # restored afterwards
+    assert set(seen) == {experiments.RUN_THREADS}
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_validating_a_config_and_printing_help_import_no_torch():
+    """A config error is reported without loading torch (it used to take 5-25 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\n"
+            "from kdlib.config import load_config\n"
+            "load_config(None, ['method=switch', 'sampler_params.tau0=0.2', 'student=student-m'])\n"
+            "from kdlib import cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert cli.main(['show', 'steps=abc']) == 2\n"
+            "    try: cli.main(['train', '--help'])\n"
+            "    except SystemExit: pass\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"", "no rows (the file is empty)"),
+    (b'{"prompt": "a", "response": "b"}\n\xff\xfe bad\n', "line 2: not UTF-8 text"),
+    (b'{"prompt": "a", "response": "b"}\nnot json\n', "line 2: not valid JSON"),
+    (b'["a", "b"]\n', "line 1: a JSON object {...} per line is expected, got list"),
+    (b'{"prompt": "a", "response": []}\n', "row 0: field 'response' must be a non-empty string, got []"),
+    (b'{"prompt": "a", "response": 42}\n', "row 0: field 'response' must be a non-empty string, got 42"),
+])
+def test_a_bad_data_file_is_named_with_its_row_and_field(tmp_path, content, needle):
+    from kdlib.data import load_jsonl
+
+    path = tmp_path / "mine.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=__import__("re").escape(needle)) as e:
+        load_jsonl(path)
+    assert str(path) in str(e.value)
+
+
+def test_finite_numbers_a_named_directory_and_an_evaluation_set_are_required(tmp_path):
+    with pytest.raises(ValueError, match="lr=nan must be a finite number"):
+        load_config(None, ["lr=.nan"])
+    with pytest.raises(ValueError, match="eval_splits=\\[\\] names no evaluation set"):
+        load_config(None, ["eval_splits=[]"])
+    with pytest.raises(ValueError, match="lr='-e5' must be a finite number"):
+        load_config(None, ["lr=-e5"])
+    mine = tmp_path / "student-finetuned"
+    mine.mkdir()
+    assert RunConfig(teacher=str(mine), student=str(mine), student_init="pretrained")  # not taken for a typo
