@@ -111,7 +111,7 @@ def differences(table: pd.DataFrame, *, title: str = "", label: str = "paired di
         ax.axvline(0, color="0.3", lw=0.8, ls="--")
         ax.set(title=panel, xlabel=label)
         ax.set_yticks(list(y), rows)
-        ax.invert_yaxis() if ax is axes[0][0] else None
+        ax.set_ylim(len(rows) - 0.5, -0.5)  # the first comparison on top, half a row of margin
     if title:
         fig.suptitle(title, y=1 + 0.35 / height)  # above the panel titles, whatever the height
     return fig

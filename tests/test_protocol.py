@@ -112,7 +112,8 @@ def test_mechanisms_tell_a_one_hot_teacher_from_a_spread_one(tokenizer, arith_ro
 def test_distillm_schedule_fires_when_its_labelled_half_overfits(tmp_path, monkeypatch):
     """On the label-scarce protocol DistiLLM's fixed-data steps read a handful of labelled rows; the student
     overfits them, the held-out validation loss rises past the margin, and the student-output probability
-    goes up. (The embedded run's own schedule is reported by notebook 02: figures/02_switch/claims.md.)"""
+    goes up. (On the embedded protocol's 100 labelled rows it does not fire within 150 steps: notebook 02
+    reports it, figures/02_switch/claims.md.)"""
     cache_sharing_task_data(tmp_path / "cache")
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
     cfg = RunConfig(method="distillm", task="summ", student="tiny", teacher="tiny", teacher_steps=3, steps=24,
