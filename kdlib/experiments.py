@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from kdlib import checkpoints, workload
+from kdlib.checkpoints import writing
 from kdlib._env import env_flag
 from kdlib.config import RunConfig
 from kdlib.models import EMBEDDED_SIZES, build_llama, keep_freed_memory, load_model, n_params, pick_device_dtype
@@ -312,6 +313,8 @@ def _train_and_score(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) ->
                           rank=PartialState().process_index, steps=cfg.steps, labelled=labelled)
     sampler = samplers.build_sampler(r["sampler"], **r["sampler_params"]) if r["sampler"] else None
     curve_rows = load_rows(cfg, cfg.eval_splits[0], cfg.n_eval, tok)
+    for split in cfg.eval_splits[1:]:  # every evaluation set is readable before the first step, not after training
+        load_rows(cfg, split, 1, tok)
     val_rows = validation_rows(cfg, tok) if r["source"] == "distillm" else None
     trainer = Trainer(cfg, student=student, teacher=teacher, tokenizer=tok, source=source,
                       mixed_precision="bf16" if dtype == torch.bfloat16 else "no",
@@ -365,7 +368,8 @@ def _save_and_score(cfg: RunConfig, d: Path, trainer: Trainer, tok, t0: float, d
     model = trainer.acc.unwrap_model(trainer.student)
     if cfg.lora_rank:
         model = model.merge_and_unload()  # a plain model: evaluation and later runs load it as usual
-    _replace_model_dir(d, lambda tmp: model.save_pretrained(tmp, **({"state_dict": state} if state else {})))
+    with writing(d / "model"):
+        _replace_model_dir(d, lambda tmp: model.save_pretrained(tmp, **({"state_dict": state} if state else {})))
     scores = score_splits(cfg, model, tok, d, progress)
     score = scores[split_label(cfg.eval_splits[0])]["score"]
     metrics = trainer.state.metrics
@@ -580,7 +584,8 @@ def _mean(values):
 
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    with writing(path):
+        tmp.write_text(json.dumps(obj, indent=1, default=str))
     tmp.replace(path)
 
 

@@ -265,3 +265,40 @@ def test_finite_numbers_a_named_directory_and_an_evaluation_set_are_required(tmp
     mine = tmp_path / "student-finetuned"
     mine.mkdir()
     assert RunConfig(teacher=str(mine), student=str(mine), student_init="pretrained")  # not taken for a typo
+
+
+def test_a_full_disk_is_named_with_the_file_being_written(tokenizer, arith_rows, tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from kdlib import checkpoints
+
+    from test_train import make_trainer
+
+    cfg = RunConfig(method="sft", batch_size=4, steps=2, checkpoint_every=1, max_new_tokens=24)
+    t = make_trainer(cfg, tokenizer, arith_rows, tmp_path)
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 123 vs 456")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match="no space left on the device while writing .*step-000001.pt") as e:
+        t.fit()
+    assert e.value.errno == errno.ENOSPC
+
+
+def test_every_evaluation_set_is_read_before_the_first_step(tmp_path, monkeypatch):
+    from kdlib import experiments
+
+    from conftest import cache_sharing_task_data
+
+    cache_sharing_task_data(tmp_path / "cache")
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
+    read, real = [], experiments.load_rows
+    monkeypatch.setattr(experiments, "load_rows", lambda cfg, split, *a, **k: read.append(split) or real(cfg, split, *a, **k))
+    fit = experiments.Trainer.fit
+    monkeypatch.setattr(experiments.Trainer, "fit", lambda self: read.append("FIT") or fit(self))
+    experiments.run(RunConfig(method="sft", task="arith", student="tiny", student_init="scratch", steps=1, batch_size=4,
+                              n_train=8, n_eval=2, max_new_tokens=8, eval_splits=("test", "plus")), progress=False)
+    assert read.index("plus") < read.index("FIT")
