@@ -294,6 +294,9 @@ def _train_and_score(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) ->
     keep_freed_memory()
     device, dtype = pick_device_dtype(cfg.dtype)
     tok = resolve_tokenizer(cfg)
+    if (d / "trained.json").exists() and (d / "model" / "model.safetensors").exists() \
+            and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # (ranks of one launch train it again together)
+        return _rescore(cfg, d, tok, device, dtype, progress)
     teacher = None
     if _needs_teacher(cfg):
         teacher = load_model(teacher_path(cfg, progress, teacher_cfg), device=device, dtype=dtype)
@@ -362,37 +365,55 @@ def score_splits(cfg: RunConfig, model, tok, out_dir: Path | None, progress: boo
 
 def _save_and_score(cfg: RunConfig, d: Path, trainer: Trainer, tok, t0: float, device, dtype, progress: bool,
                     state: dict | None = None):
-    """Save the trained student (atomically; `state`: its full weights as accelerate gathered them), score it
-    on every evaluation split, write result.json."""
-    r = cfg.resolved
+    """Save the trained student (atomically; `state`: its full weights as accelerate gathered them) and what
+    its training recorded (trained.json), then score it and write result.json. Saved before scoring: a
+    failure while scoring (a full disk, an interrupt) costs a rerun only the scoring."""
     model = trainer.acc.unwrap_model(trainer.student)
     if cfg.lora_rank:
         model = model.merge_and_unload()  # a plain model: evaluation and later runs load it as usual
     with writing(d / "model"):
         _replace_model_dir(d, lambda tmp: model.save_pretrained(tmp, **({"state_dict": state} if state else {})))
+    trained = {"step": trainer.state.step, "seconds": trainer.state.seconds, "metrics": trainer.state.metrics,
+               "forwards": vars(trainer.state.forwards), "wall_seconds": time.time() - t0}
+    _write_json(d / "trained.json", trained)
+    _score_and_write(cfg, d, model, tok, trained, time.time(), device, dtype, progress)
+    trainer.write_metrics()  # with the final score at the curve's last point
+
+
+def _score_and_write(cfg: RunConfig, d: Path, model, tok, trained: dict, t_score: float, device, dtype,
+                     progress: bool) -> None:
+    """Score a trained model on every evaluation split and write result.json from `trained` (trained.json)."""
+    r = cfg.resolved
     scores = score_splits(cfg, model, tok, d, progress)
     score = scores[split_label(cfg.eval_splits[0])]["score"]
-    metrics = trainer.state.metrics
+    metrics = trained["metrics"]
     if cfg.eval_every and metrics and metrics[-1]["step"] % cfg.eval_every == 0:  # the curve's last point
         metrics[-1]["eval_score"] = score
-        trainer.write_metrics()
     result = {
         "hash": cfg.hash(), **cfg.to_dict(), **{f"resolved_{k}": v for k, v in r.items()},
         "score": score,
         **{f"score_{s}": v["score"] for s, v in scores.items()},
         "buckets": {s: v["buckets"] for s, v in scores.items()},
-        "student_params": n_params(model), "train_seconds": trainer.state.seconds,
-        "wall_seconds": time.time() - t0,
-        "seconds_per_step": trainer.state.seconds / max(1, trainer.state.step),
-        "teacher_forwards": trainer.state.forwards.teacher,
-        "student_forwards": trainer.state.forwards.student,
-        "teacher_fraction": _mean(m["teacher_fraction"] for m in trainer.state.metrics
-                                  if m["source"] == "sampler"),
-        "final_loss": trainer.state.metrics[-1]["loss"] if trainer.state.metrics else float("nan"),
-        "curve": trainer.state.metrics,
+        "student_params": n_params(model), "train_seconds": trained["seconds"],
+        "wall_seconds": trained["wall_seconds"] + time.time() - t_score,
+        "seconds_per_step": trained["seconds"] / max(1, trained["step"]),
+        "teacher_forwards": trained["forwards"]["teacher"],
+        "student_forwards": trained["forwards"]["student"],
+        "teacher_fraction": _mean(m["teacher_fraction"] for m in metrics if m["source"] == "sampler"),
+        "final_loss": metrics[-1]["loss"] if metrics else float("nan"),
+        "curve": metrics,
         "provenance": provenance(device, dtype),
     }
     _write_json(d / "result.json", result)
+
+
+def _rescore(cfg: RunConfig, d: Path, tok, device, dtype, progress: bool) -> dict:
+    """A run whose model was saved but whose scoring did not finish: score the saved model, no training."""
+    log.info("%s: the trained model is saved (trained.json); scoring it again, without training", d)
+    model = load_model(str(d / "model"), device=device, dtype=dtype)
+    _score_and_write(cfg, d, model, tok, json.loads((d / "trained.json").read_text()), time.time(), device, dtype,
+                     progress)
+    return json.loads((d / "result.json").read_text())
 
 
 def score_model(cfg: RunConfig, model_path: str, *, out_dir=None, progress: bool = True) -> dict:

@@ -302,3 +302,34 @@ def test_every_evaluation_set_is_read_before_the_first_step(tmp_path, monkeypatc
     experiments.run(RunConfig(method="sft", task="arith", student="tiny", student_init="scratch", steps=1, batch_size=4,
                               n_train=8, n_eval=2, max_new_tokens=8, eval_splits=("test", "plus")), progress=False)
     assert read.index("plus") < read.index("FIT")
+
+
+def test_a_failure_while_scoring_costs_a_rerun_only_the_scoring(tmp_path, monkeypatch):
+    from kdlib import experiments
+
+    from conftest import cache_sharing_task_data
+
+    cfg = RunConfig(method="sft", task="arith", student="tiny", student_init="scratch", steps=3, batch_size=4,
+                    n_train=8, n_eval=3, max_new_tokens=8)
+    results = []
+    for name, fail in (("plain", False), ("failing", True)):
+        cache_sharing_task_data(tmp_path / name)
+        monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / name))
+        real = experiments.score_splits
+        if fail:
+            def broken(*a, **k):
+                raise OSError(28, "No space left on device")
+            monkeypatch.setattr(experiments, "score_splits", broken)
+            with pytest.raises(OSError):
+                experiments.run(cfg, progress=False)
+            monkeypatch.setattr(experiments, "score_splits", real)
+            fits = []
+            monkeypatch.setattr(experiments.Trainer, "fit", lambda self: fits.append(1))
+            results.append(experiments.run(cfg, progress=False))
+            assert fits == []  # the rerun did not train
+        else:
+            results.append(experiments.run(cfg, progress=False))
+    keys = ("score", "score_test", "score_test_t1", "train_seconds", "final_loss")
+    assert {k: results[0][k] for k in keys if k != "train_seconds"} == \
+           {k: results[1][k] for k in keys if k != "train_seconds"}
+    assert [m["loss"] for m in results[0]["curve"]] == [m["loss"] for m in results[1]["curve"]]
