@@ -423,6 +423,15 @@ def quality_diversity_frame(configs: list[RunConfig], temperatures, *, n_rows: i
     return pd.DataFrame(points)
 
 
+def reference_scores(configs: list[RunConfig], score: str = "score") -> dict:
+    """The lines a score plot needs: the teacher's score and the warmed-up student's mean over the configs'
+    seeds (both read from the cache, trained if missing), on the first evaluation set."""
+    from kdlib.experiments import run, sft_init_recipe, teacher_config
+
+    warm = [run(sft_init_recipe(c), progress=False)[score] for c in {c.seed: c for c in configs}.values()]
+    return {"teacher": run(teacher_config(configs[0]), progress=False)[score], "warm-up student": sum(warm) / len(warm)}
+
+
 def switch_positions(cfg: RunConfig, *, n_rows: int = 256, seed: int = 0) -> pd.DataFrame:
     """Where `cfg`'s sampler hands over to the teacher, at the start of its distillation: its sampler run with
     the warmed-up student (`sft_init_recipe`) and the teacher on `n_rows` training prompts past the
