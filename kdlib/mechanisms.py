@@ -41,6 +41,11 @@ def teacher_on_references(teacher, tokenizer, rows: list[dict], *, max_new_token
             "teacher_top1_is_reference": agree / max(n, 1), "positions": n}
 
 
+def own_responses(student, tokenizer, rows: list[dict], *, max_new_tokens: int) -> list[str]:
+    """The student's greedy responses to `rows`' prompts: what `exposure_gap` and `teacher_recovery` read."""
+    return greedy_decode(student, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens)
+
+
 @torch.no_grad()
 def _agreement(student, teacher, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, N) bool: the batch's response token is the teacher's top-1 there; and the response mask."""
@@ -49,14 +54,14 @@ def _agreement(student, teacher, batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def exposure_gap(student, teacher, tokenizer, rows: list[dict], *, max_new_tokens: int, batch_size: int = 64
-                 ) -> dict:
+def exposure_gap(student, teacher, tokenizer, rows: list[dict], *, max_new_tokens: int, batch_size: int = 64,
+                 own: list[str] | None = None) -> dict:
     """Per-token agreement of the student's top-1 with the teacher's top-1, on reference prefixes (teacher
-    forcing) and on the student's own greedy prefixes; the gap is the first minus the second."""
+    forcing) and on the student's own greedy prefixes (`own`, decoded here when not given); the gap is the
+    first minus the second."""
     student.eval(), teacher.eval()
     ref_hits, ref_n, own_hits, own_n = 0, 0, 0, 0
-    prompts = [r["prompt"] for r in rows]
-    own = greedy_decode(student, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    own = own if own is not None else own_responses(student, tokenizer, rows, max_new_tokens=max_new_tokens)
     for i in range(0, len(rows), batch_size):
         chunk, mine = rows[i:i + batch_size], own[i:i + batch_size]
         b = encode_batch(tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk], max_new_tokens)
@@ -74,13 +79,14 @@ def exposure_gap(student, teacher, tokenizer, rows: list[dict], *, max_new_token
 
 @torch.no_grad()
 def teacher_recovery(student, teacher, tokenizer, rows: list[dict], *, metric: str, max_new_tokens: int,
-                     batch_size: int = 64) -> dict:
-    """Scores of: the student's greedy responses; the teacher's own greedy responses; and the teacher
-    continuing each student response right after the student's first slip (the slip kept). Rows without
-    a slip keep the student's response. `slipped` is the share of rows with a slip."""
+                     batch_size: int = 64, own: list[str] | None = None) -> dict:
+    """Scores of: the student's greedy responses (`own`, decoded here when not given); the teacher's own
+    greedy responses; and the teacher continuing each student response right after the student's first slip
+    (the slip kept). Rows without a slip keep the student's response. `slipped` is the share of rows with a
+    slip."""
     student.eval(), teacher.eval()
     prompts = [r["prompt"] for r in rows]
-    own = greedy_decode(student, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    own = own if own is not None else own_responses(student, tokenizer, rows, max_new_tokens=max_new_tokens)
     teacher_own = greedy_decode(teacher, tokenizer, prompts, max_new_tokens=max_new_tokens)
     recovered, slipped = [], 0
     for i in range(0, len(rows), batch_size):

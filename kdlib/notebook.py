@@ -122,10 +122,11 @@ def mechanisms_report(tasks: list[str], student: str = "student-s", *, n_rows: i
         teacher = load_model(str(run_dir(teacher_config(cfg)) / "model"))
         rows = load_rows(cfg, "test", 16 if smoke else n_rows)
         kw = dict(max_new_tokens=cfg.max_new_tokens)
+        own = mechanisms.own_responses(student_model, tok, rows, **kw)  # decoded once for both measurements
         out.append({"task": task, **mechanisms.teacher_on_references(teacher, tok, rows, **kw),
-                    **mechanisms.exposure_gap(student_model, teacher, tok, rows, **kw),
+                    **mechanisms.exposure_gap(student_model, teacher, tok, rows, own=own, **kw),
                     **{f"recovery_{k}": v for k, v in mechanisms.teacher_recovery(
-                        student_model, teacher, tok, rows, metric=task_metric(cfg), **kw).items()}})
+                        student_model, teacher, tok, rows, metric=task_metric(cfg), own=own, **kw).items()}})
     return pd.DataFrame(out)
 
 
@@ -197,26 +198,12 @@ def item_scores(results: list[dict], split: str = "test", settings=None) -> pd.D
     return pd.DataFrame(rows)
 
 
-def paired_claim(items: pd.DataFrame, by: str, better, worse, *, paper: str = "", value: str = "score") -> str:
-    """One claim line: `better` > `worse` (values of column `by` of a per-item frame, `item_scores`), compared
-    item by item at each shared seed, with the 95 % bootstrap interval of the mean difference and the verdict
-    (`kdlib.stats`): reproduced (interval above 0), reversed (below 0) or not separated (contains 0)."""
-    from kdlib import stats
-
-    try:
-        r = stats.compare(items, better, worse, by=by, value=value)
-    except ValueError as e:
-        return f"{paper}: {e}"
-    return f"{paper}: {r.describe(str(better), str(worse))}"
-
-
 def paired_table(results: list[dict], pairs, *, evals=None, settings=None) -> pd.DataFrame:
     """Paired comparisons (`kdlib.stats.compare`) of runs that share seeds and test items: for each
     (better, worse) in `pairs` (methods, or values of `settings`, one label per run, when given) and each
     evaluation set (`evals`, default every scored set: greedy "test", sampled "test_t1", ...), one row with both means,
     the mean paired difference, its 95 % interval, the seeds and items compared, and the verdict."""
     from kdlib import stats
-    from kdlib.experiments import SAMPLED_SUFFIX
 
     sets = evals or [k[len("score_"):] for k in results[0] if k.startswith("score_")]
     rows = []
@@ -224,12 +211,19 @@ def paired_table(results: list[dict], pairs, *, evals=None, settings=None) -> pd
         items = item_scores(results, split, settings)
         for better, worse in pairs:
             d = stats.compare(items, better, worse, by="method" if settings is None else "setting")
-            rows.append({"eval": split.removesuffix(SAMPLED_SUFFIX),
-                         "decoding": "sampled T=1" if split.endswith(SAMPLED_SUFFIX) else "greedy",
-                         "better": better, "worse": worse, "mean_better": d.mean_a, "mean_worse": d.mean_b,
-                         "difference": d.diff, "ci_low": d.low, "ci_high": d.high, "seeds": d.n_seeds,
-                         "items": d.n_items, "verdict": d.verdict})
+            rows.append(_difference_row(d, better, worse, split))
     return pd.DataFrame(rows)
+
+
+def _difference_row(d, better: str, worse: str, split: str) -> dict:
+    """One row of a paired table from a `kdlib.stats.PairedDifference`."""
+    from kdlib.experiments import SAMPLED_SUFFIX
+
+    return {"eval": split.removesuffix(SAMPLED_SUFFIX),
+            "decoding": "sampled T=1" if split.endswith(SAMPLED_SUFFIX) else "greedy",
+            "better": better, "worse": worse, "mean_better": d.mean_a, "mean_worse": d.mean_b,
+            "difference": d.diff, "ci_low": d.low, "ci_high": d.high, "seeds": d.n_seeds,
+            "items": d.n_items, "verdict": d.verdict}
 
 
 def paired_table_by(results: list[dict], field: str, pairs, **kw) -> pd.DataFrame:
@@ -249,23 +243,23 @@ def _bucket(words: int, edges=LENGTH_EDGES) -> str:
     raise ValueError(f"reference length {words} is outside {edges}")
 
 
+def _bucketed_items(results: list[dict], split: str) -> tuple[pd.DataFrame, list[str]]:
+    """`item_scores` with each item's reference-length bucket (LENGTH_EDGES), and the buckets present,
+    shortest first."""
+    items = item_scores(results, split)
+    items["bucket"] = [_bucket(w) for w in items["ref_words"]]
+    present = [b for b in dict.fromkeys(_bucket(lo) for lo in LENGTH_EDGES[:-1]) if b in set(items.bucket)]
+    return items, present
+
+
 def paired_by_length(results: list[dict], better: str, worse: str, split: str = "test") -> pd.DataFrame:
     """`better` − `worse` paired per seed and item within each reference-length bucket (LENGTH_EDGES), one row
     per bucket (as `paired_table`, with the bucket as "group"), shortest first."""
     from kdlib import stats
 
-    items = item_scores(results, split)
-    items["bucket"] = [_bucket(w) for w in items["ref_words"]]
-    rows = []
-    for b in dict.fromkeys(_bucket(lo) for lo in LENGTH_EDGES[:-1]):
-        sub = items[items.bucket == b]
-        if sub.empty:
-            continue
-        d = stats.compare(sub, better, worse)
-        rows.append({"group": b, "eval": split, "decoding": "greedy", "better": better, "worse": worse,
-                     "mean_better": d.mean_a, "mean_worse": d.mean_b, "difference": d.diff, "ci_low": d.low,
-                     "ci_high": d.high, "seeds": d.n_seeds, "items": d.n_items, "verdict": d.verdict})
-    return pd.DataFrame(rows)
+    items, present = _bucketed_items(results, split)
+    return pd.DataFrame([{"group": b, **_difference_row(stats.compare(items[items.bucket == b], better, worse),
+                                                        better, worse, split)} for b in present])
 
 
 def gain_grows_claim(results: list[dict], better: str, worse: str, *, paper: str, split: str = "test") -> str:
@@ -273,18 +267,13 @@ def gain_grows_claim(results: list[dict], better: str, worse: str, *, paper: str
     on the shortest, with the 95 % interval of the difference of the two gains (`kdlib.stats.gain_gap`)."""
     from kdlib import stats
 
-    items = item_scores(results, split)
-    items["bucket"] = [_bucket(w) for w in items["ref_words"]]
-    present = [b for b in dict.fromkeys(_bucket(lo) for lo in LENGTH_EDGES[:-1]) if b in set(items.bucket)]
+    items, present = _bucketed_items(results, split)
     if len(present) < 2:
         return f"{paper}: fewer than two length buckets"
 
-    def gains(bucket):
-        sub = items[items.bucket == bucket]
-        a = sub[sub.method == better].pivot_table(index="seed", columns="item", values="score")
-        b = sub[sub.method == worse].pivot_table(index="seed", columns="item", values="score")
-        seeds, cols = sorted(set(a.index) & set(b.index)), sorted(set(a.columns) & set(b.columns))
-        return (a.loc[seeds, cols] - b.loc[seeds, cols]).to_numpy()
+    def gains(bucket):  # (seeds, items) of better − worse within the bucket
+        a, b = stats.aligned(items[items.bucket == bucket], better, worse)
+        return a - b
 
     r = stats.gain_gap(gains(present[-1]), gains(present[0]))
     return (f"{paper}: {better} − {worse} is {r.mean_a:+.3f} on responses of {present[-1]} words and {r.mean_b:+.3f} "

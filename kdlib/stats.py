@@ -78,20 +78,9 @@ def paired_bootstrap(a, b, *, n_boot: int = 4000, level: float = 0.95, seed: int
     return PairedDifference(float(a.mean()), float(b.mean()), float(d.mean()), float(low), float(high), S, N)
 
 
-def paired_matrix(items, method: str, *, seeds=None, value: str = "score"):
-    """(seeds, items) array of `method`'s per-item scores from a long frame with columns method, seed, item
-    and `value`; seeds in `seeds` order (default: sorted), items sorted by id."""
-    sel = items[items["method"] == method] if "method" in items else items
-    table = sel.pivot_table(index="seed", columns="item", values=value, aggfunc="mean")
-    if seeds is not None:
-        table = table.reindex(list(seeds))
-    return table.sort_index(axis=1)
-
-
-def compare(items, better: str, worse: str, *, value: str = "score", by: str = "method", n_boot: int = 4000,
-            seed: int = 0) -> PairedDifference:
-    """Paired comparison of two groups of a long per-item frame (columns `by`, seed, item, `value`): only the
-    seeds and items both groups have are compared. Raises ValueError when they share none."""
+def aligned(items, better: str, worse: str, *, value: str = "score", by: str = "method"):
+    """The (seeds, items) score arrays of two groups of a long per-item frame (columns `by`, seed, item,
+    `value`), on the seeds and items both groups have, in one order. Raises ValueError when they share none."""
     ma = items[items[by] == better].pivot_table(index="seed", columns="item", values=value, aggfunc="mean")
     mb = items[items[by] == worse].pivot_table(index="seed", columns="item", values=value, aggfunc="mean")
     seeds = sorted(set(ma.index) & set(mb.index))
@@ -99,8 +88,15 @@ def compare(items, better: str, worse: str, *, value: str = "score", by: str = "
     if not seeds or not cols:
         raise ValueError(f"{better!r} and {worse!r} share no (seed, item) to compare: seeds "
                          f"{sorted(ma.index)} vs {sorted(mb.index)}")
-    return paired_bootstrap(ma.loc[seeds, cols].to_numpy(), mb.loc[seeds, cols].to_numpy(), n_boot=n_boot,
-                            seed=seed)
+    return ma.loc[seeds, cols].to_numpy(), mb.loc[seeds, cols].to_numpy()
+
+
+def compare(items, better: str, worse: str, *, value: str = "score", by: str = "method", n_boot: int = 4000,
+            seed: int = 0) -> PairedDifference:
+    """Paired comparison of two groups of a long per-item frame (columns `by`, seed, item, `value`): only the
+    seeds and items both groups have are compared (`aligned`). Raises ValueError when they share none."""
+    a, b = aligned(items, better, worse, value=value, by=by)
+    return paired_bootstrap(a, b, n_boot=n_boot, seed=seed)
 
 
 def independent_bootstrap(a, b, *, n_boot: int = 4000, level: float = 0.95, seed: int = 0) -> PairedDifference:
