@@ -8,12 +8,12 @@ DRY_RUN ?= 0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup test smoke reproduce bench clean help lab
+.PHONY: setup test lint smoke reproduce bench clean help lab
 
 help:
 	@echo "make reproduce   run every notebook (PROFILE=embedded|paper, DRY_RUN=1 to list paper runs;"
 	@echo "                 KDLIB_SHIPPED=0 with an empty cache: train the shipped teachers too)"
-	@echo "make test        unit tests + every notebook at smallest settings (smoke)"
+	@echo "make test        lint (ruff) + unit tests + every notebook at smallest settings (smoke)"
 	@echo "make bench       speed and memory ratios, measured side by side"
 	@echo "make lab         JupyterLab on the project's .venv, notebooks on the kdlib kernel"
 	@echo "make clean       remove cached models, data and runs (.cache/)"
@@ -38,8 +38,12 @@ $(VENV)/.done: pyproject.toml
 # Two pytest workers, one thread each: the models in the tests are tiny, so a second thread per
 # process gains nothing and two processes use both cores (TEST_WORKERS=auto on bigger machines).
 TEST_WORKERS ?= 2
-test: setup
+test: setup lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
+
+# ruff's rules and line length are in pyproject.toml ([tool.ruff]); `make test` runs it first.
+lint: setup
+	$(VENV)/bin/ruff check kdlib tests benchmarks
 
 smoke: setup
 	$(PY) -m kdlib.reproduce --smoke

@@ -159,9 +159,9 @@ def run_worker(args, name, mode) -> dict:
 
 
 def main(args) -> None:
-    from kdlib.divergences import default_chunk_size
-
     import torch
+
+    from kdlib.divergences import default_chunk_size
 
     rows = args.chunk_size or default_chunk_size(args.vocab, torch.device(args.device))
     print(f"N = {args.positions} positions ({args.batch} x {args.positions // args.batch}), V = {args.vocab}, "

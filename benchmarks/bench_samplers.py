@@ -24,7 +24,8 @@ repetition (same seed), so a stall lands in one repetition of a step and the min
 bound's two loops run one after the other in one job whose step time is the sum of theirs (`lower_bound`),
 so its minimum is the same statistic as a lockstep job's. A job's prefill is its whole time minus its
 steps, so set-up and finishing work outside the step loop counts too. If a step's fastest repetition
-still looks stalled (`Timings.disturbed`), every job runs once more, so all keep the same number of runs. The whole-run best is printed beside it.
+still looks stalled (`Timings.disturbed`), every job runs once more, so all keep the same number of runs.
+The whole-run best is printed beside it.
 Targets (issue 4): every token-level sampler <= 1.10x the lower bound and >= 10x faster than naive.
 """
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A checkpoint holds everything the next step depends on: student weights, optimizer, scheduler, the
 step and the metrics so far, and per process the source's generators, data position and replay buffer
-and the global RNGs. It is written to a temporary file and renamed, so an interrupted save never leaves a file a later run
+and the global RNGs. It is written to a temporary file and renamed, so an interrupted save never leaves a file a
+later run
 would trust.
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ def writing(path: Path):
     except (OSError, RuntimeError) as e:
         text = str(e)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in text or "inline_container" in text:
-            raise OSError(errno.ENOSPC, f"no space left on the device while writing {path} ({text.splitlines()[0][:200]}); "
+            raise OSError(errno.ENOSPC, f"no space left on the device while writing {path} "
+                          f"({text.splitlines()[0][:200]}); "
                           "free space and run again: finished runs and checkpoints are kept") from e
         raise
 

@@ -59,7 +59,8 @@ def check_jsonl(path) -> int:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"{path}: line {i}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 4]!r})") from None
+                raise ValueError(f"{path}: line {i}: not UTF-8 text "
+                                 f"(byte {e.start}: {raw[e.start:e.start + 4]!r})") from None
             if not line.strip():
                 continue
             try:
@@ -67,7 +68,8 @@ def check_jsonl(path) -> int:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: line {i}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}: line {i}: a JSON object {{...}} per line is expected, got {type(obj).__name__}")
+                raise ValueError(f"{path}: line {i}: a JSON object {{...}} per line is expected, "
+                                 f"got {type(obj).__name__}")
             n += 1
     if n == 0:
         raise ValueError(f"{path}: no rows (the file is empty)")

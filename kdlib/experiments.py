@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from kdlib import checkpoints, workload
-from kdlib.checkpoints import writing
 from kdlib._env import env_flag
+from kdlib.checkpoints import writing
 from kdlib.config import RunConfig
 from kdlib.models import EMBEDDED_SIZES, build_llama, keep_freed_memory, load_model, n_params, pick_device_dtype
 from kdlib.sources import build_source
@@ -80,7 +80,8 @@ def sft_init_recipe(cfg: RunConfig) -> RunConfig:
                          eval_splits=cfg.eval_splits, max_new_tokens=cfg.max_new_tokens)
     return RunConfig(**{**_shared_fields(cfg), "method": "sft", "teacher": cfg.teacher, "student": cfg.student,
                         "student_init": "pretrained", "steps": sft_init_steps(cfg), "lr": cfg.lr, "n_prompts": 0,
-                        "n_train": cfg.n_labelled or cfg.n_train, "lora_rank": cfg.lora_rank, "seed": cfg.seed, "eval_splits": cfg.eval_splits,
+                        "n_train": cfg.n_labelled or cfg.n_train, "lora_rank": cfg.lora_rank, "seed": cfg.seed,
+                        "eval_splits": cfg.eval_splits,
                         "chat_template_from": cfg.chat_template_from})
 
 

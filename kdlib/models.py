@@ -11,11 +11,10 @@ import logging
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from kdlib._env import env_flag
 from kdlib.names import EMBEDDED_SIZES, ModelSize  # noqa: F401 - part of this module's API
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-from transformers import PreTrainedTokenizerFast
 
 log = logging.getLogger(__name__)
 

@@ -291,7 +291,8 @@ def best_baseline(results: list[dict], method: str, score: str = "score") -> str
 
 def paired_claims(table: pd.DataFrame, paper: str) -> list[str]:
     """One claim line per row of `paired_table`, prefixed with what the paper claims."""
-    return [f"{paper} [{(r.group + ', ') if 'group' in table else ''}{r.eval}, {r.decoding}]: {r.better} {r.mean_better:.3f} vs {r.worse} {r.mean_worse:.3f}, "
+    return [f"{paper} [{(r.group + ', ') if 'group' in table else ''}{r.eval}, {r.decoding}]: "
+            f"{r.better} {r.mean_better:.3f} vs {r.worse} {r.mean_worse:.3f}, "
             f"paired difference {r.difference:+.3f} [95 % CI {r.ci_low:+.3f}, {r.ci_high:+.3f}] over {r.seeds} "
             f"seed(s) × {r.items} items → {r.verdict}" for r in table.itertuples()]
 

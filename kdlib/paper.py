@@ -452,7 +452,8 @@ def table_runs(name: str, seeds=(0,)) -> list[PaperRun]:
                                     gradient_checkpointing=MODELS[student].params > 1e9,
                                     warmup_steps=0, weight_decay=0.01, checkpoint_every=500,
                                     **({} if "max_grad_norm" in {**over, **fields} else {"max_grad_norm": 1.0}),
-                                    teacher_steps=teacher_steps, teacher_sft=tsft, chat_template_from=pair.chat_template_from,
+                                    teacher_steps=teacher_steps, teacher_sft=tsft,
+                                    chat_template_from=pair.chat_template_from,
                                     micro_batch_size=min(8, batch), **over, **fields)
                     if cfg.method == "sft":  # the SFT baseline is the warm-up itself; no teacher
                         cfg = cfg.replace(student_init="pretrained", teacher_steps=0, teacher_sft={})
@@ -470,7 +471,8 @@ A100_BF16_FLOPS = 312e12  # peak dense bf16 FLOP/s of one A100
 # (kdlib.samplers.SAMPLER_DEFAULTS, chosen for a 197-word vocabulary): SKD's reference top_k 25; SWITCH's and
 # AdaSwitch's are not in the papers' text and stay CHOSEN (the values first chosen for kdlib; re-tune them
 # with notebooks 02 and 03 on a GPU). Gradient clipping stays at 1.0, the usual value for LLM fine-tuning.
-PAPER_SAMPLER_PARAMS = {"skd": {"top_k": 25}, "switch": {"tau0": 0.05, "decay": 0.05}, "adaswitch": {"k": 2.0, "window": 4}}
+PAPER_SAMPLER_PARAMS = {"skd": {"top_k": 25}, "switch": {"tau0": 0.05, "decay": 0.05},
+                        "adaswitch": {"k": 2.0, "window": 4}}
 
 MFU_TRAIN = 0.40  # CHOSEN: achieved share of peak for forward/backward over full sequences
 MFU_DECODE = 0.05  # CHOSEN: token-by-token generation is memory bound (small batches, KV cache reads)

@@ -76,10 +76,9 @@ def test_a_boolean_switch_with_another_value_is_refused(monkeypatch):
 
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tokenizer, arith_rows, tmp_path):
     import torch
+    from test_train import make_trainer
 
     from kdlib import checkpoints
-
-    from test_train import make_trainer
 
     cfg = RunConfig(method="kd", batch_size=4, steps=4, checkpoint_every=1, max_new_tokens=24, keep_checkpoints=2)
     t = make_trainer(cfg, tokenizer, arith_rows, tmp_path)
@@ -97,9 +96,9 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tokenize
 
 
 def test_a_nan_before_any_checkpoint_says_none_was_kept(tokenizer, arith_rows, tmp_path):
-    from kdlib.train import NonFiniteLossError
-
     from test_train import make_trainer
+
+    from kdlib.train import NonFiniteLossError
 
     t = make_trainer(RunConfig(method="sft", batch_size=4, steps=2, max_new_tokens=24), tokenizer, arith_rows, tmp_path)
     with torch_nan(t), pytest.raises(NonFiniteLossError, match="no checkpoint was written yet"):
@@ -142,7 +141,8 @@ def test_a_second_process_says_whose_lock_it_waits_for(tmp_path, capfd):
         "import sys, time; sys.path.insert(0, %r)\n"
         "from kdlib import workload\n"
         "with workload.locked(__import__('pathlib').Path(%r), what='run x'):\n"
-        "    print('held', flush=True); time.sleep(3)") % (str(__import__('pathlib').Path(workload.__file__).parents[1]), str(lock))],
+        "    print('held', flush=True); time.sleep(3)")
+        % (str(__import__('pathlib').Path(workload.__file__).parents[1]), str(lock))],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     t0 = time.time()
@@ -194,11 +194,10 @@ def test_model_names_that_cannot_work_fail_before_anything_loads(monkeypatch):
 
 def test_a_run_gives_the_same_weights_however_many_threads_the_process_had(tmp_path, monkeypatch):
     import torch
+    from conftest import cache_sharing_task_data
     from safetensors.torch import load_file
 
     from kdlib import experiments
-
-    from conftest import cache_sharing_task_data
 
     cfg = RunConfig(method="kd", task="arith", student="tiny", teacher="tiny", teacher_steps=3, steps=4,
                     batch_size=8, n_train=32, n_eval=4, max_new_tokens=16)
@@ -271,10 +270,8 @@ def test_a_full_disk_is_named_with_the_file_being_written(tokenizer, arith_rows,
     import errno
 
     import torch
-
-    from kdlib import checkpoints
-
     from test_train import make_trainer
+
 
     cfg = RunConfig(method="sft", batch_size=4, steps=2, checkpoint_every=1, max_new_tokens=24)
     t = make_trainer(cfg, tokenizer, arith_rows, tmp_path)
@@ -289,14 +286,15 @@ def test_a_full_disk_is_named_with_the_file_being_written(tokenizer, arith_rows,
 
 
 def test_every_evaluation_set_is_read_before_the_first_step(tmp_path, monkeypatch):
-    from kdlib import experiments
-
     from conftest import cache_sharing_task_data
+
+    from kdlib import experiments
 
     cache_sharing_task_data(tmp_path / "cache")
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
     read, real = [], experiments.load_rows
-    monkeypatch.setattr(experiments, "load_rows", lambda cfg, split, *a, **k: read.append(split) or real(cfg, split, *a, **k))
+    monkeypatch.setattr(experiments, "load_rows",
+                        lambda cfg, split, *a, **k: read.append(split) or real(cfg, split, *a, **k))
     fit = experiments.Trainer.fit
     monkeypatch.setattr(experiments.Trainer, "fit", lambda self: read.append("FIT") or fit(self))
     experiments.run(RunConfig(method="sft", task="arith", student="tiny", student_init="scratch", steps=1, batch_size=4,
@@ -305,9 +303,9 @@ def test_every_evaluation_set_is_read_before_the_first_step(tmp_path, monkeypatc
 
 
 def test_a_failure_while_scoring_costs_a_rerun_only_the_scoring(tmp_path, monkeypatch):
-    from kdlib import experiments
-
     from conftest import cache_sharing_task_data
+
+    from kdlib import experiments
 
     cfg = RunConfig(method="sft", task="arith", student="tiny", student_init="scratch", steps=3, batch_size=4,
                     n_train=8, n_eval=3, max_new_tokens=8)

@@ -5,11 +5,10 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import cache_sharing_task_data
 
 from kdlib import cli
 from kdlib.config import METHODS, load_config
-
-from conftest import cache_sharing_task_data
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs" / "embedded").glob("*.yaml"))

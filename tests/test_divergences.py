@@ -8,6 +8,7 @@ import torch
 
 from kdlib import divergences as D
 
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny tensors gain nothing from intra-op threads; on a shared 2-core machine they only wait."""

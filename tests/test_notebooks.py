@@ -4,10 +4,9 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import cache_sharing_task_data
 
 from kdlib import reproduce
-
-from conftest import cache_sharing_task_data
 
 NOTEBOOKS = reproduce.notebooks()
 
@@ -86,7 +85,8 @@ def test_mean_std_wide_has_flat_columns_per_group():
     t = mean_std_wide(df, "k", ["score", "frac"])
     assert list(t.columns) == ["k", "score_mean", "score_std", "frac_mean", "frac_std"]
     assert list(t.k) == [1, 2] and list(mean_std_wide(df, "k", ["score"], sort=False).k) == [2, 1]
-    assert t.score_mean.tolist() == pytest.approx([0.5, 0.2]) and t.score_std.tolist() == pytest.approx([0.0, 0.1414], abs=1e-4)
+    assert t.score_mean.tolist() == pytest.approx([0.5, 0.2])
+    assert t.score_std.tolist() == pytest.approx([0.0, 0.1414], abs=1e-4)
 
 
 def test_runtime_table_ratios_and_missing_reference():
@@ -226,7 +226,8 @@ def test_training_claims_compare_phases_per_seed_and_the_first_evaluation():
     from kdlib.notebook import training_claims
 
     def score(method, seed, step):  # adaswitch leads at its first evaluation (10), on-policy leads at 20
-        lead = {10: {"adaswitch": 0.5, "onpolicy": 0.2, "sft": 0.1}, 20: {"adaswitch": 0.1, "onpolicy": 0.6, "sft": 0.3}}
+        lead = {10: {"adaswitch": 0.5, "onpolicy": 0.2, "sft": 0.1},
+                20: {"adaswitch": 0.1, "onpolicy": 0.6, "sft": 0.3}}
         return lead[step][method] + seed / 100 if step in lead else None
 
     rows = []
@@ -238,7 +239,8 @@ def test_training_claims_compare_phases_per_seed_and_the_first_evaluation():
                              "eval_score": score(method, seed, step)})
     curves = pd.DataFrame(rows)
     falls, early = training_claims(curves, "adaswitch", n_steps=5)
-    assert "first 5 steps" in falls and "over 3 seed(s)" in falls and "reproduced" in falls  # a value per seed and phase
+    # a value per seed and phase
+    assert "first 5 steps" in falls and "over 3 seed(s)" in falls and "reproduced" in falls
     assert "step 10" in early and "(onpolicy)" in early and "reproduced" in early and "95 % CI" in early
     assert "adaswitch 0.510 vs onpolicy 0.210" in early  # the mean over the seeds at step 10, not over all steps
     rising = curves.assign(loss=[r["loss"] if r["method"] != "adaswitch" else r["step"] / 40 for r in rows])

@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
+from conftest import cache_sharing_task_data, tiny_llama
 
 from kdlib import experiments, mechanisms
 from kdlib import notebook as knb
 from kdlib.config import RunConfig
 from kdlib.evaluate import evaluate, sample_decode
 from kdlib.sources import StepContext, build_source
-
-from conftest import cache_sharing_task_data, tiny_llama
 
 
 def _ctx(tokenizer, student=None, sampler=None, teacher=None):

@@ -13,8 +13,14 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kdlib import divergences as D
-from kdlib.samplers import (SAMPLER_DEFAULTS, build_sampler, draw_tokens, position_ids, step_distance,
-                            validate_sampler_params)
+from kdlib.samplers import (
+    SAMPLER_DEFAULTS,
+    build_sampler,
+    draw_tokens,
+    position_ids,
+    step_distance,
+    validate_sampler_params,
+)
 
 V, PAD, EOS = 64, 0, 1
 MARGIN = 1e-4
@@ -441,3 +447,28 @@ def test_eos_and_pad_default_to_the_models_config():
                                   eos_token_id=EOS, pad_token_id=PAD, generator=torch.Generator().manual_seed(5))
         assert torch.equal(implicit.input_ids, explicit.input_ids)
         assert implicit.input_ids.shape[1] - implicit.prompt_length < 24  # EOS came early: it was read
+
+
+@pytest.mark.parametrize("name", ["student", "teacher", "skd", "switch", "adaswitch"])
+def test_cached_decoding_uses_no_deprecated_transformers_argument(pair, name):
+    """The KV cache goes by its current name (`cache`): transformers announces the removal of
+    `past_key_values` (5.40) with a once-per-process log warning, so the warning cache is cleared first and
+    every record of the rollout is collected."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    records = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logging.Logger.warning_once.cache_clear()
+    handler, logger = Collect(level=logging.WARNING), hf_logging.get_logger("transformers")
+    logger.addHandler(handler)
+    try:
+        run(name, *pair, seed=0, max_new_tokens=6, **({"top_k": 5} if name == "skd" else {}))
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in records if "deprecated" in m.lower()], records

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_llama
 
 from kdlib import checkpoints
 from kdlib.config import RunConfig
@@ -10,8 +11,6 @@ from kdlib.data import encode_batch
 from kdlib.samplers import build_sampler
 from kdlib.sources import build_source
 from kdlib.train import Forwards, NonFiniteLossError, Trainer, micro_batch_loss_sum
-
-from conftest import tiny_llama
 
 
 def make_trainer(cfg, tokenizer, rows, run_dir, seed_student=0, seed_teacher=1):
@@ -451,10 +450,10 @@ def test_the_learning_curve_ends_at_the_final_score_decoded_once(tmp_path, monke
     again (one evaluation saved per run whenever eval_every divides steps)."""
     import csv
 
+    from conftest import cache_sharing_task_data
+
     from kdlib import evaluate as ev
     from kdlib import experiments
-
-    from conftest import cache_sharing_task_data
 
     cache_sharing_task_data(tmp_path / "cache")
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))

@@ -17,11 +17,16 @@ Every sampler runs on one KV-cached lockstep decoder (`decoder.py`); the rules a
 """
 from __future__ import annotations
 
-
 from kdlib.names import SAMPLER_DEFAULTS, validate_sampler_params
 from kdlib.samplers.decoder import Rollout, Sampler, draw_tokens, position_ids
-from kdlib.samplers.policies import (AdaSwitchSampler, SKDSampler, StudentSampler, SwitchSampler,
-                                     TeacherSampler, step_distance)
+from kdlib.samplers.policies import (
+    AdaSwitchSampler,
+    SKDSampler,
+    StudentSampler,
+    SwitchSampler,
+    TeacherSampler,
+    step_distance,
+)
 
 __all__ = ["SAMPLER_DEFAULTS", "Rollout", "Sampler", "build_sampler", "validate_sampler_params",
            "draw_tokens", "position_ids", "step_distance", "StudentSampler", "TeacherSampler",

@@ -20,6 +20,7 @@ decisions and draws use the shared id prefix [:, :min(Vs, Vt)], renormalised (as
 """
 from __future__ import annotations
 
+import inspect
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -116,13 +117,30 @@ class _CachedModel:
         self.model, self.forwards = model, 0
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
                     use_cache=True, logits_to_keep=1)
-        self.cache, self.logits, self.forwards = out.past_key_values, out.logits[:, -1], 1  # (B, V)
+        self.cache, self.logits, self.forwards = _cache_of(out), out.logits[:, -1], 1  # (B, V)
+        self._cache_arg = _cache_argument(model)
 
     def step(self, token: Tensor, attention_mask: Tensor, positions: Tensor) -> None:
         out = self.model(input_ids=token[:, None], attention_mask=attention_mask,
-                         position_ids=positions[:, None], past_key_values=self.cache, use_cache=True)
-        self.cache, self.logits = out.past_key_values, out.logits[:, -1]  # (B, V)
+                         position_ids=positions[:, None], use_cache=True, **{self._cache_arg: self.cache})
+        self.cache, self.logits = _cache_of(out), out.logits[:, -1]  # (B, V)
         self.forwards += 1
+
+
+def _cache_argument(model) -> str:
+    """The forward's name for the KV cache: `cache` (transformers >= 5.2x; `past_key_values` is deprecated
+    there and goes in 5.40) or `past_key_values` (older releases and models that kept the old name)."""
+    forward = getattr(model, "forward", model)
+    try:
+        return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+    except (TypeError, ValueError):
+        return "past_key_values"
+
+
+def _cache_of(out):
+    """The KV cache of a model output under its current name, without touching the deprecated alias."""
+    cache = out.get("cache") if "cache" in out.keys() else None
+    return cache if cache is not None else out.past_key_values
 
 
 # ------------------------------------------------------------------------------------------------------
