@@ -1,3 +1,43 @@
-"""kdlib: a runnable companion to GKD, SWITCH and AdaSwitch (knowledge distillation of LLMs)."""
+"""kdlib: a runnable companion to GKD, SWITCH and AdaSwitch (knowledge distillation of LLMs).
+
+The public API (documented with runnable examples in docs/api.md). Names load on first use, so
+`import kdlib` stays light (no torch until a tensor-facing name is touched):
+
+    rollouts      build_sampler, SAMPLER_DEFAULTS, Rollout
+    divergences   per_token_loss, reduce_loss, masked_sum, forward_kl, reverse_kl, jsd, tvd,
+                  skew_forward_kl, skew_reverse_kl, DIVERGENCES
+    runs          RunConfig, load_config, run, trained_model, load_run, export_run
+    data          encode_prompts, encode_batch, load_jsonl
+
+Everything else in the package is internal and may change between releases.
+"""
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "build_sampler": "kdlib.samplers", "SAMPLER_DEFAULTS": "kdlib.samplers", "Rollout": "kdlib.samplers",
+    "per_token_loss": "kdlib.divergences", "reduce_loss": "kdlib.divergences", "masked_sum": "kdlib.divergences",
+    "forward_kl": "kdlib.divergences", "reverse_kl": "kdlib.divergences", "jsd": "kdlib.divergences",
+    "tvd": "kdlib.divergences", "skew_forward_kl": "kdlib.divergences", "skew_reverse_kl": "kdlib.divergences",
+    "DIVERGENCES": "kdlib.divergences",
+    "RunConfig": "kdlib.config", "load_config": "kdlib.config",
+    "run": "kdlib.experiments", "trained_model": "kdlib.experiments", "load_run": "kdlib.experiments",
+    "export_run": "kdlib.experiments",
+    "encode_prompts": "kdlib.data", "encode_batch": "kdlib.data", "load_jsonl": "kdlib.data",
+}
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'kdlib' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

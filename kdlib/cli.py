@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         return _main([a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"])
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         from kdlib._env import env_flag
 
         if debug or env_flag("KDLIB_DEBUG", default=False):
@@ -63,6 +63,9 @@ def _main(argv) -> int:
         p.add_argument("overrides", nargs="*", help="key=value overrides")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--debug", action="store_true", help="on an error, the traceback as well (or KDLIB_DEBUG=1)")
+        if name == "train":
+            p.add_argument("--output", help="also export the trained model, its tokenizer and result.json to this "
+                                            "new folder (from_pretrained loads it)")
         if name == "eval":
             p.add_argument("--model", help="a save_pretrained directory (or hub name) to score as it is")
             p.add_argument("--out", help="folder for predictions-<split>.jsonl and scores.json "
@@ -85,12 +88,18 @@ def _main(argv) -> int:
 
         print(json.dumps(score_model(cfg, args.model, out_dir=args.out, progress=not args.quiet), indent=1))
         return 0
-    from kdlib.experiments import run
+    from pathlib import Path
 
+    from kdlib.experiments import export_run, run, run_dir
+
+    output = getattr(args, "output", None)
+    if output and Path(output).expanduser().exists() and any(Path(output).expanduser().iterdir()):
+        raise FileExistsError(f"--output {output} is not empty; choose a new folder")  # before any training
     result = run(cfg, progress=not args.quiet)
     keys = ("method", "task", "student", "score", "train_seconds", "teacher_fraction", "hash")
+    model_dir = export_run(cfg, output) if output else run_dir(cfg) / "model"
     print(json.dumps({k: result.get(k) for k in keys} | {
-        k: v for k, v in result.items() if k.startswith("score_")}, indent=1))
+        k: v for k, v in result.items() if k.startswith("score_")} | {"model": str(model_dir)}, indent=1))
     return 0
 
 

@@ -615,3 +615,28 @@ def trained_model(cfg: RunConfig, progress: bool = True):
     """The student a config trains (running it if not cached) and its tokenizer."""
     run(cfg, progress=progress)
     return load_model(str(run_dir(cfg) / "model")), resolve_tokenizer(cfg)
+
+
+def load_run(cfg: RunConfig) -> tuple:
+    """A finished run's (model, tokenizer, result), without training: FileNotFoundError naming the run's
+    folder and the command that trains it when the run is not in the cache."""
+    d = run_dir(cfg)
+    if not _finished(d) or not (d / "model").is_dir():
+        raise FileNotFoundError(f"no finished run {cfg.hash()} ({cfg.method} {cfg.task} seed {cfg.seed}) in {d}; "
+                                "train it with kdlib.run(cfg) or `python -m kdlib train ...`")
+    return load_model(str(d / "model")), resolve_tokenizer(cfg), json.loads((d / "result.json").read_text())
+
+
+def export_run(cfg: RunConfig, output_dir) -> Path:
+    """Copy a finished run out of the cache: `save_pretrained` model and tokenizer, and result.json, in
+    `output_dir`, loadable with `AutoModelForCausalLM.from_pretrained(output_dir)`. The folder must be
+    empty or new, so an export never mixes two runs."""
+    out = Path(output_dir).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"output folder {out} is not empty; choose a new one")
+    model, tok, result = load_run(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    _write_json(out / "result.json", result)
+    return out

@@ -38,3 +38,28 @@ def test_config_file_trains_and_evaluates_from_the_command_line(path, tmp_path, 
     # eval reads the cached result without training again
     assert cli.main(["eval", str(path), *TINY, "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["score"] == printed["score"]
+
+
+def test_train_output_exports_a_model_that_from_pretrained_loads(tmp_path, monkeypatch, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdlib import load_run
+
+    monkeypatch.setenv("KDLIB_CACHE", str(cache_sharing_task_data(tmp_path / "cache")))
+    cfg = load_config(None, ["method=sft", *TINY])
+    with pytest.raises(FileNotFoundError, match=cfg.hash()):  # not trained yet: load_run names the run
+        load_run(cfg)
+    out = tmp_path / "my-student"
+    assert cli.main(["train", "method=sft", *TINY, "--quiet", "--output", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == str(out)
+    model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    cached, _, result = load_run(cfg)
+    assert json.loads((out / "result.json").read_text())["score"] == result["score"]
+    ids = tok("3 + 4 = 7 .", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, cached(ids).logits)
+    # a second export into the same (now full) folder fails before any training, in one line
+    assert cli.main(["train", "method=kd", *TINY, "--quiet", "--output", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "runs" / load_config(None, ["method=kd", *TINY]).hash()).exists()
