@@ -30,6 +30,9 @@ def fields_help() -> str:
     for name in defaults:
         lines.append(f"  {name} = {defaults[name]!r}\n      {docs.get(name, '')}")
     lines.append(f"methods: {', '.join(sorted(config_mod.METHODS))}")
+    lines.append("aliases (TRL / transformers names): " + ", ".join(
+        f"{alias} = {name}" for alias, name in config_mod.ALIASES.items()) + "; 'temperature' is refused as "
+        "ambiguous (sample_temperature or loss_temperature)")
     return "\n".join(lines)
 
 

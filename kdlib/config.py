@@ -6,6 +6,7 @@ of the three; any of them can be overridden, so a new method is a new preset or 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -400,13 +401,48 @@ def _non_negative(cfg, *names):
 
 
 FIELD_NAMES = {f.name for f in fields(RunConfig)}
+# The names TRL's GKDConfig and transformers' TrainingArguments give the same knobs, accepted in YAML files
+# and overrides (`--help` lists them). Only exact equivalents: per_device_train_batch_size is not
+# batch_size (that is per optimizer step, over every process).
+ALIASES = {"learning_rate": "lr", "max_steps": "steps", "lmbda": "student_data_fraction",
+           "beta": "divergence_params.beta"}
+# Names that mean two different kdlib fields: refused, naming both.
+AMBIGUOUS = {"temperature": ("sample_temperature", "loss_temperature")}
+
+
+def _canonical(key: str, source: str) -> str:
+    """`key` under kdlib's name: an alias resolved, an ambiguous or unknown name refused with a suggestion."""
+    if key in AMBIGUOUS:
+        raise ValueError(f"{source}: {key!r} is ambiguous here; did you mean {' or '.join(AMBIGUOUS[key])}?")
+    key = ALIASES.get(key, key)
+    outer = key.split(".", 1)[0]
+    if outer not in FIELD_NAMES:
+        close = difflib.get_close_matches(outer, sorted(FIELD_NAMES | set(ALIASES)), n=3)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"known fields: {sorted(FIELD_NAMES)}"
+        raise ValueError(f"{source}: unknown field {outer!r}; {hint}")
+    return key
+
+
+def _resolve_aliases(d: dict, source: str) -> dict:
+    out = {}
+    for key, value in d.items():
+        name = _canonical(key, source)
+        if "." in name:  # beta -> divergence_params.beta
+            outer, inner = name.split(".", 1)
+            out.setdefault(outer, {})
+            if not isinstance(out[outer], dict):
+                raise ValueError(f"{source}: {outer} must be a mapping, got {out[outer]!r}")
+            out[outer] = {**out[outer], inner: value}
+            continue
+        if name in out and name != key:
+            raise ValueError(f"{source}: {key!r} and {name!r} name the same field; give one")
+        out[name] = {**out.get(name, {}), **value} if isinstance(value, dict) and isinstance(out.get(name), dict) \
+            else value
+    return out
 
 
 def from_dict(d: dict, source: str = "config") -> RunConfig:
-    unknown = sorted(set(d) - FIELD_NAMES)
-    if unknown:
-        raise ValueError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(FIELD_NAMES)}")
-    d = dict(d)
+    d = _resolve_aliases(d, source)
     for key in ("eval_splits", "report_to"):
         if isinstance(d.get(key), str):  # a lone name is a list of one
             d[key] = (d[key],)
@@ -446,10 +482,9 @@ def apply_overrides(d: dict, overrides: list[str] | dict) -> dict:
     d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
     for key, value in items:
+        key = _canonical(key, f"override {key}={value!r}")
         if "." in key:
             outer, inner = key.split(".", 1)
-            if outer not in FIELD_NAMES:
-                raise ValueError(f"override {key!r}: unknown field {outer!r}")
             d[outer] = {**d.get(outer, {}), inner: value}
         else:
             d[key] = value

@@ -108,7 +108,7 @@ def test_cli_help_documents_every_field(capsys):
     assert "sample_temperature" in out and "Not the loss temperature" in out
     assert main(["show", "method=gkd", "steps=3"]) == 0
     assert main(["show", "bogus=1"]) == 2  # a usage error: one line, exit 2
-    assert "unknown field(s) ['bogus']" in capsys.readouterr().err
+    assert "unknown field 'bogus'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text,value", [("so 3 + 4 = 7 . #### 7", 7), ("The answer is 1,234.", 1234),
@@ -206,3 +206,34 @@ def test_tokenizers_of_another_family_are_refused(tokenizer):
     with pytest.raises(ValueError, match="tokenizers differ .*first at id"):
         check_same_tokenizer(tokenizer, other)
     check_same_tokenizer(tokenizer, build_word_tokenizer(words))  # the same family passes
+
+
+def test_trl_names_are_aliases_and_ambiguous_or_misspelt_names_are_refused(tmp_path):
+    from kdlib.config import load_config
+
+    trl = load_config(None, ["method=gkd", "learning_rate=0.002", "max_steps=7", "lmbda=1", "beta=0.9"])
+    ours = load_config(None, ["method=gkd", "lr=0.002", "steps=7", "student_data_fraction=1",
+                              "divergence_params.beta=0.9"])
+    assert trl.hash() == ours.hash() and trl.resolved["divergence_params"]["beta"] == 0.9
+    path = tmp_path / "trl.yaml"
+    path.write_text("method: gkd\nlearning_rate: 0.002\nmax_steps: 7\nlmbda: 1\nbeta: 0.9\n")
+    assert load_config(path).hash() == ours.hash()
+    path.write_text("method: gkd\nlr: 0.001\nlearning_rate: 0.002\n")
+    with pytest.raises(ValueError, match="'learning_rate' and 'lr' name the same field"):
+        load_config(path)
+    with pytest.raises(ValueError, match="ambiguous.*sample_temperature or loss_temperature"):
+        load_config(None, ["temperature=0.5"])
+    with pytest.raises(ValueError, match="unknown field 'lerning_rate'; did you mean learning_rate"):
+        load_config(None, ["lerning_rate=0.5"])
+    with pytest.raises(ValueError, match="unknown field 'stepz'; did you mean steps"):
+        load_config(None, ["stepz=3"])
+
+
+def test_cli_help_lists_the_aliases(capsys):
+    from kdlib.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "learning_rate = lr" in out and "lmbda = student_data_fraction" in out
+    assert "beta = divergence_params.beta" in out
