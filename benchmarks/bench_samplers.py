@@ -10,8 +10,8 @@ References (same models, prompts, batch, token count):
                 every 8th step, interpolated: see naive_switch_steps)
   generate      HF `model.generate(do_sample=True)` of the student and of the teacher, for scale
 
-Tiny random Llamas (teacher 6x256, student 2x128, vocabulary 4096, as in ../../shared/PILOTS.md), left-padded
-prompts of 8-32 tokens, no EOS (every row runs the full length).
+Tiny random Llamas (teacher 6x256, student 2x128, vocabulary 4096: the pilots' sizes before the project began),
+left-padded prompts of 8-32 tokens, no EOS (every row runs the full length).
 
 How time is measured. This machine's cores are shared: a run of identical work is now and then frozen for
 0.3-1 s (seen here: 200 equal 256x256 matmuls took 42 ms in most repetitions and 400-1200 ms in a third of

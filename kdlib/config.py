@@ -1,6 +1,6 @@
 """One frozen run configuration, validated on construction, loaded from YAML plus key=value overrides.
 
-Every method is ``data source × token-level sampler × divergence`` (SPEC §1). ``method`` names a preset
+Every method is ``data source × token-level sampler × divergence`` (docs/methods.md §1). ``method`` names a preset
 of the three; any of them can be overridden, so a new method is a new preset or a new config file.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import yaml
 
 SOURCES = ("data", "seqkd", "sampler", "mix", "distillm")
 
-# method → (data source, sampler, divergence, divergence params). SPEC §1 table.
+# method → (data source, sampler, divergence, divergence params). docs/methods.md §1, the table.
 METHODS: dict[str, tuple[str, Optional[str], str, dict]] = {
     "sft": ("data", None, "ce", {}),
     "kd": ("data", None, "fkl", {}),

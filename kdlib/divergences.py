@@ -1,6 +1,6 @@
 """Per-position divergences between teacher and student next-token distributions, and their reduction.
 
-Notation (SPEC section 2): p is the teacher distribution, q the student distribution, both softmax(logits / τ)
+Notation (docs/methods.md §2): p is the teacher distribution, q the student distribution, both softmax(logits / τ)
 over the vocabulary; KL(a‖b) = Σ_v a(v) (log a(v) − log b(v)). Every divergence returns one value per
 position, in nats, as float32 (float64 inputs stay float64, so `gradcheck` can be used). Reduction over
 positions is a separate function (`reduce_loss`) with an explicit denominator.
@@ -353,7 +353,7 @@ def forward_kl(student_logits, teacher_logits, *, temperature=1.0, chunk_size=No
     """Forward KL, KL(p‖q) = Σ_v p(v) (log p(v) − log q(v)), per position (mode covering).
 
     The true KL, not the teacher cross-entropy −Σ p log q (which adds the constant H(p)). Used by
-    supervised KD, ImitKD, SKD and AdaSwitch (SPEC §1-2); it is the β → 0 direction of GKD's JSD(β)
+    supervised KD, ImitKD, SKD and AdaSwitch (docs/methods.md §1-2); it is the β → 0 direction of GKD's JSD(β)
     (Agarwal et al. 2024, Eq. 1). Gradient w.r.t. the student logits: (q − p) / τ.
     student_logits, teacher_logits: (B, T, V); returns (B, T).
     """
@@ -395,7 +395,8 @@ def skew_forward_kl(student_logits, teacher_logits, *, alpha=0.1, temperature=1.
     """Skew forward KL of DistiLLM (Ko et al. 2024, Eq. 2), per position: KL(p ‖ α·p + (1 − α)·q).
 
     α = 0 is forward_kl; 0 ≤ α < 1. The mixture keeps the value finite where q → 0 (it is ≤ log(1/α)).
-    SWITCH's loss is assumed to be this with α = 0.1 (SPEC §1, inferred). Shapes (B, T, V) -> (B, T).
+    SWITCH's loss is assumed to be this with α = 0.1 (docs/methods.md §1: chosen, the paper does not pin it
+    down). Shapes (B, T, V) -> (B, T).
     """
     return _divergence("sfkl", student_logits, teacher_logits, {"alpha": alpha}, temperature, chunk_size)
 
@@ -518,7 +519,7 @@ def per_token_loss_from_hidden(name, hidden_states, lm_head_weight, *, teacher_l
 
 
 # --------------------------------------------------------------------------------------------------------
-# Reduction (SPEC §4).
+# Reduction (docs/methods.md §4).
 
 
 def masked_sum(values: Tensor, mask: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Evaluation (SPEC §6): batched greedy decoding, ROUGE-L F (stemmed), numeric-answer accuracy,
+"""Evaluation (docs/methods.md §5): batched greedy decoding, ROUGE-L F (stemmed), numeric-answer accuracy,
 per-example outputs and scores by response-length bucket."""
 from __future__ import annotations
 

@@ -568,7 +568,7 @@ def dry_run(tables=None, seeds=(0, 1, 2), out=print) -> dict:
 # Where each method's settings come from (kdlib.config.METHODS holds the presets themselves).
 METHOD_SOURCES = {
     "sft": "SFT on the dataset's responses (cross-entropy).",
-    "kd": "supervised KD: forward KL on the dataset's responses (SPEC §1).",
+    "kd": "supervised KD: forward KL on the dataset's responses (docs/methods.md §1).",
     "seqkd": "SeqKD (Kim & Rush 2016): cross-entropy on the teacher's greedy outputs, generated once.",
     "imitkd": "ImitKD (Lin et al. 2020): forward KL on student samples.",
     "onpolicy": "on-policy KD: forward KL on student samples (AdaSwitch's baseline).",

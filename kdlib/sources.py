@@ -1,4 +1,4 @@
-"""Data sources: where the sequences of one training step come from (SPEC §1).
+"""Data sources: where the sequences of one training step come from (docs/methods.md §1).
 
     data      the fixed rows with their ground-truth responses (SFT, supervised KD)
     seqkd     the fixed rows with the teacher's responses, generated once and cached (SeqKD)

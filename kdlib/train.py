@@ -1,4 +1,4 @@
-"""The training loop: one loop for every method (SPEC §1, §4), on accelerate.
+"""The training loop: one loop for every method (docs/methods.md §1, §4), on accelerate.
 
 One optimizer step:
   1. the source draws every micro-batch of the step (sampling runs here, without gradients);

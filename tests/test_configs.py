@@ -1,5 +1,5 @@
-"""Every method of the SPEC table trains and evaluates from its config file (configs/embedded), through the
-command line, on tiny models; the result names the method's source, sampler and divergence."""
+"""Every method of the table in docs/methods.md §1 trains and evaluates from its config file (configs/embedded),
+through the command line, on tiny models; the result names the method's source, sampler and divergence."""
 import json
 import os
 from pathlib import Path

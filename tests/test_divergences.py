@@ -76,7 +76,7 @@ def _temper(dist, tau):
 
 
 def hand_value(name, p, q, beta=0.3, alpha=0.1):
-    """The definitions of SPEC §2 in plain Python on 3-element distributions."""
+    """The definitions of docs/methods.md §2 in plain Python on 3-element distributions."""
     if name == "fkl":
         return _kl(p, q)
     if name == "rkl":

@@ -1,4 +1,4 @@
-"""Token-level samplers (SPEC §3): who writes token t of a response, the student or the teacher.
+"""Token-level samplers (docs/methods.md §3): who writes token t of a response, the student or the teacher.
 
     sampler = build_sampler("switch", tau0=0.1)                 # missing params take SAMPLER_DEFAULTS
     rollout = sampler.sample(student, teacher, prompt_ids, prompt_mask, max_new_tokens=64,

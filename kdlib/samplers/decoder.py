@@ -1,6 +1,6 @@
 """The lockstep decoder: student and teacher advance one token per step, both KV-cached.
 
-Every token-level sampler (SPEC §3) is this loop plus a small policy that decides, per row and per step,
+Every token-level sampler (docs/methods.md §3) is this loop plus a small policy that decides, per row and per step,
 who emits the token. Layout of a rollout (the same as `kdlib.data`):
 
     columns   0 … P-1                 P … P+N-1

@@ -1,4 +1,4 @@
-"""The five rules of SPEC §3: who emits token t. Each is a few lines on top of the shared decoder.
+"""The five rules of docs/methods.md §3: who emits token t. Each is a few lines on top of the shared decoder.
 
 All decisions use the untempered distributions p (teacher) and q (student) over the shared id prefix, in
 float32 and natural log; the sampling temperature only shapes the draws.
