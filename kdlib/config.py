@@ -40,7 +40,8 @@ class RunConfig:
     method: str = "sft"
     """Preset naming the source, sampler and divergence: one of METHODS."""
     task: str = "arith"
-    """Embedded task name (arith, summ) or a paper dataset name (paper profile)."""
+    """Embedded task name (arith, summ), a folder of your own JSONL files (kdlib.usertask, docs/your_task.md),
+    or a paper dataset name (paper profile)."""
     profile: str = "embedded"
     """'embedded' (CPU, self-made models and data) or 'paper' (hub models and datasets, GPU)."""
     teacher: str = "teacher"
@@ -169,15 +170,21 @@ class RunConfig:
         elif self.data_dir:
             raise ValueError("data_dir is for profile='paper' (embedded tasks are generated, not read)")
         else:
-            from kdlib.workload import TASK_SPLITS  # light: no torch
+            from kdlib import usertask  # light: no torch
+            from kdlib.workload import TASK_SPLITS
 
-            if self.task not in TASK_SPLITS:
-                raise ValueError(f"task={self.task!r} is not an embedded task; choose one of {sorted(TASK_SPLITS)} "
-                                 "(or profile='paper' for the papers' datasets)")
+            if self.task in TASK_SPLITS:
+                splits = TASK_SPLITS[self.task]
+            elif usertask.is_user_task(self.task):
+                splits = usertask.spec(self.task).splits  # every row of every file checked now
+            else:
+                raise ValueError(f"task={self.task!r} is not an embedded task; choose one of {sorted(TASK_SPLITS)}, "
+                                 "a folder of your own JSONL files (docs/your_task.md), or profile='paper' for "
+                                 "the papers' datasets")
             for split in self.eval_splits:  # fail now, not after training
-                if split not in TASK_SPLITS[self.task] or split == "train":
+                if split not in splits or split == "train":
                     raise ValueError(f"eval_splits: task {self.task!r} has no held-out split {split!r}; it has "
-                                     f"{[s for s in TASK_SPLITS[self.task] if s != 'train']}")
+                                     f"{[s for s in splits if s != 'train']}")
         r = self.resolved
         if self.sampler_params and r["sampler"] is None:
             raise ValueError(f"sampler_params={self.sampler_params!r}: method={self.method!r} uses no sampler "
@@ -251,6 +258,9 @@ class RunConfig:
             d["eval_every"] = self.eval_every
             d["distillm_schedule"] = 2  # 2: the authors' loss-margin rule, validation loss, decaying replay
         d.update(_upstream_hashes(self))
+        task = self.user_task
+        if task is not None:  # your own data: its name and content, wherever the folder lies
+            d["task"] = f"{task.name}@{task.digest}"
         if self.profile == "paper":  # local copies under $KDLIB_MODELS are other weights than the hub's
             from kdlib.paper import model_path
 
@@ -258,6 +268,22 @@ class RunConfig:
             if local:
                 d["model_paths"] = local
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def user_task(self):
+        """The `kdlib.usertask.UserTask` when `task` is a folder of your own JSONL files, else None."""
+        from kdlib import usertask
+        from kdlib.workload import TASK_SPLITS
+
+        if self.profile == "paper" or self.task in TASK_SPLITS or not usertask.is_user_task(self.task):
+            return None
+        return usertask.spec(self.task)
+
+    @property
+    def task_name(self) -> str:
+        """What tables and titles call the task: an embedded or paper name, or your task's own name."""
+        task = self.user_task
+        return task.name if task is not None else self.task
 
     def _canonical(self) -> dict:
         """The fields that name the algorithm, in one form per run: a value spelled out at the preset's

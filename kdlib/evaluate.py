@@ -3,52 +3,13 @@ per-example outputs and scores by response-length bucket."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from kdlib.data import encode_prompts
-
-_NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
-_ANSWER_PATTERNS = [re.compile(r"####\s*(" + _NUMBER + ")"),
-                    re.compile(r"[Tt]he answer is:?\s*\$?(" + _NUMBER + ")")]
-
-
-def extract_answer(text: str):
-    """The final number of a response: after `####` or "The answer is"; else the last number."""
-    for pattern in _ANSWER_PATTERNS:
-        found = pattern.findall(text)
-        if found:
-            return _to_number(found[-1])
-    numbers = re.findall(_NUMBER, text)
-    return _to_number(numbers[-1]) if numbers else None
-
-
-def _to_number(s: str):
-    try:
-        return float(s.replace(",", ""))
-    except ValueError:
-        return None
-
-
-def answer_correct(response: str, reference_answer: str) -> bool:
-    got, want = extract_answer(response), _to_number(str(reference_answer))
-    return got is not None and want is not None and abs(got - want) < 1e-6
-
-
-_SCORER = None
-
-
-def rouge_l(reference: str, prediction: str) -> float:
-    """ROUGE-L F-measure with stemming, from the `rouge-score` package."""
-    global _SCORER
-    if _SCORER is None:
-        from rouge_score import rouge_scorer
-
-        _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return _SCORER.score(reference, prediction)["rougeL"].fmeasure
+from kdlib.metrics import answer_correct, extract_answer, rouge_l, score_prediction  # noqa: F401 - API
 
 
 @torch.no_grad()
@@ -93,11 +54,7 @@ def score_rows(rows: list[dict], predictions: list[str], metric: str) -> list[di
     """Per-example records: prompt, reference, prediction, score, reference length."""
     records = []
     for row, pred in zip(rows, predictions):
-        if metric == "accuracy":
-            score = float(answer_correct(pred, row["answer"]))
-        else:
-            # several references (MiniLLM's eval sets): the best match counts, as rouge-score's max
-            score = max(rouge_l(ref, pred) for ref in (row.get("references") or [row["response"]]))
+        score = score_prediction(metric, pred, row)
         records.append({"id": row.get("id"), "prompt": row["prompt"], "reference": row["response"],
                         "prediction": pred, "score": score, "ref_words": len(row["response"].split()),
                         "steps": row.get("steps")})

@@ -38,6 +38,24 @@ def build_word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     return tok
 
 
+def build_bpe_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE learnt from `texts` (exact round trip of any text), with the same special tokens and
+    chat template as the word-level tokenizer."""
+    from tokenizers import decoders, trainers
+
+    specials = [PAD, EOS, UNK, USER, ASSISTANT]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                        show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"
+    return tok
+
+
 def build_llama(size: ModelSize, tokenizer, seed: int) -> LlamaForCausalLM:
     """A randomly initialised Llama of `size` whose vocabulary matches `tokenizer`."""
     config = LlamaConfig(

@@ -82,9 +82,13 @@ def workload_frame(results: list[dict], roles: list[str]) -> pd.DataFrame:
 def eval_splits(task: str) -> tuple:
     """The held-out sets a notebook scores on: every split of the task but train (arith: test and its
     perturbed "plus" split). Notebooks use the same sets so the runs they share are trained once."""
-    from kdlib import workload
+    from kdlib import usertask, workload
 
-    return tuple(s for s in workload.TASK_SPLITS.get(task, ("train", "test")) if s != "train")
+    if task in workload.TASK_SPLITS:
+        splits = workload.TASK_SPLITS[task]
+    else:
+        splits = usertask.spec(task).splits if usertask.is_user_task(task) else ("train", "test")
+    return tuple(s for s in splits if s != "train")
 
 
 def workload_report(tasks: list[str], students: list[str], *, smoke: bool = False) -> pd.DataFrame:

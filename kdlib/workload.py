@@ -126,10 +126,29 @@ def tokenizer_dir() -> Path:
     return cached_dir("tokenizer", {"words": words}, lambda d: build_word_tokenizer(words).save_pretrained(d))
 
 
-def embedded_tokenizer():
+def embedded_tokenizer(task: str | None = None):
+    """The tokenizer of the embedded sizes: the word-level one of arith and summ, or, for a folder of your
+    own JSONL files, a byte-level BPE built from its training rows (`user_tokenizer_dir`)."""
     from kdlib.models import load_tokenizer
 
+    if task is not None and task not in TASK_SPECS:
+        return load_tokenizer(str(user_tokenizer_dir(task)))
     return load_tokenizer(str(tokenizer_dir()))
+
+
+USER_VOCAB_SIZE = 2000  # byte-level BPE merges learnt from your training rows: small, so CPU steps stay fast
+
+
+def user_tokenizer_dir(task: str) -> Path:
+    """A byte-level BPE (`tokenizers`) learnt from the training prompts and responses of your task folder,
+    with kdlib's special tokens and chat template, saved with save_pretrained and cached by the data's
+    digest: every run on the same data shares it, and it travels with an exported model."""
+    from kdlib import usertask
+    from kdlib.models import build_bpe_tokenizer
+
+    spec = usertask.spec(task)
+    return cached_dir("tokenizer", {"bpe": spec.digest, "vocab_size": USER_VOCAB_SIZE},
+                      lambda d: build_bpe_tokenizer(usertask.tokenizer_texts(task), USER_VOCAB_SIZE).save_pretrained(d))
 
 
 # ---- the SmolLM2 pair: teacher SmolLM2-135M-Instruct, student a layer-pruned copy -------------

@@ -1,0 +1,94 @@
+"""Your own task: a folder of JSONL files (kdlib.usertask) used through the CLI and the Python API."""
+import json
+import shutil
+
+import pytest
+
+from kdlib import cli, usertask
+from kdlib.config import load_config
+from kdlib.metrics import score_prediction
+
+TINY = ["teacher=tiny", "teacher_steps=5", "student=tiny", "steps=2", "n_train=16", "n_eval=4",
+        "batch_size=4", "max_new_tokens=24"]
+
+
+def write_task(folder, n_train=40, yaml_text="name: apples\nmetric: accuracy\nprompt_field: question\n"
+                                            "response_field: solution\n", extra=()):
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", 6), ("hard", 4)):
+        with open(folder / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                a = 2 + i % 7
+                f.write(json.dumps({"question": f"{a} friends bring {a - 1} apples each. how many ?",
+                                    "solution": f"{a} * {a - 1} = {a * (a - 1)} . The answer is {a * (a - 1)}"}) + "\n")
+            for line in extra if split == "hard" else ():
+                f.write(line + "\n")
+    if yaml_text is not None:
+        (folder / "task.yaml").write_text(yaml_text)
+    return folder
+
+
+def test_a_task_folder_is_a_config_task_with_its_name_metric_and_splits(tmp_path):
+    task = write_task(tmp_path / "mine")
+    cfg = load_config(None, [f"task={task}", "eval_splits=[test,hard]"])
+    assert cfg.task_name == "apples" and cfg.user_task.metric == "accuracy"
+    assert cfg.user_task.splits == ("train", "hard", "test")
+    rows = usertask.load_rows(str(task), "test")
+    assert rows[0]["prompt"].startswith("2 friends") and rows[0]["answer"] == "2"  # extracted from the response
+    # the hash follows the data, not the folder: a copy elsewhere is the same run, an edit is another one
+    moved = shutil.copytree(task, tmp_path / "elsewhere" / "mine")
+    assert load_config(None, [f"task={moved}", "eval_splits=[test,hard]"]).hash() == cfg.hash()
+    with open(moved / "train.jsonl", "a") as f:
+        f.write(json.dumps({"question": "1 friends ?", "solution": "1 * 0 = 0 . The answer is 0"}) + "\n")
+    assert load_config(None, [f"task={moved}", "eval_splits=[test,hard]"]).hash() != cfg.hash()
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda d: (d / "test.jsonl").unlink(), "has no test.jsonl"),
+    (lambda d: (d / "hard.jsonl").write_text('{"question": "q", "solution": "1"}\n{oops\n'),
+     r"hard.jsonl: line 2: not valid JSON"),
+    (lambda d: (d / "hard.jsonl").write_text('{"question": "q"}\n'),
+     r"hard.jsonl: line 1: field 'solution' must be a non-empty string.*set response_field"),
+    (lambda d: (d / "hard.jsonl").write_text('{"question": "q", "solution": "no number here"}\n'),
+     r"hard.jsonl: line 1: metric accuracy needs an answer"),
+    (lambda d: (d / "task.yaml").write_text("metric: bleu\n"), r"metric='bleu' is unknown"),
+    (lambda d: (d / "task.yaml").write_text("metric: accuracy\nanswer_pattern: 'answer is \\d+'\n"),
+     "needs a group"),
+    (lambda d: (d / "task.yaml").write_text("metrc: exact\n"), r"unknown key\(s\) \['metrc'\]"),
+])
+def test_a_bad_task_folder_fails_before_training_naming_file_line_and_field(tmp_path, change, match):
+    task = write_task(tmp_path / "bad")
+    change(task)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        load_config(None, [f"task={task}", "method=gkd"])
+
+
+def test_the_cli_distils_on_your_task_with_a_tokenizer_built_from_it(tmp_path, monkeypatch, capsys):
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
+    task = write_task(tmp_path / "mine")
+    out = tmp_path / "exported"
+    assert cli.main(["train", f"task={task}", "method=gkd", "eval_splits=[test,hard]", *TINY, "--quiet",
+                     "--output", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert {"score_test", "score_hard", "score_test_t1"} <= set(printed)
+    result = json.loads((out / "result.json").read_text())
+    assert result["task_name"] == "apples" and result["task_digest"] == usertask.spec(str(task)).digest
+    tok = AutoTokenizer.from_pretrained(out)  # the BPE learnt from the task travels with the model
+    text = "7 * 6 = 42 . The answer is 42"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_metrics_of_your_task():
+    row = {"response": "a b  c", "answer": "42", "answer_pattern": r"ANSWER: (\S+)"}
+    assert score_prediction("exact", " a b c ", row) == 1.0 and score_prediction("exact", "a b", row) == 0.0
+    assert score_prediction("accuracy", "so ANSWER: 42.0", row) == 1.0  # numbers compare as numbers
+    assert score_prediction("accuracy", "ANSWER: 41 then ANSWER: 42", row) == 1.0  # the last match counts
+    assert score_prediction("accuracy", "42", row) == 0.0  # the pattern must match
+    text = {"response": "x", "answer": "paris", "answer_pattern": r"city: (\w+)"}
+    assert score_prediction("accuracy", "city: paris", text) == 1.0
+    assert score_prediction("accuracy", "city: rome", text) == 0.0
+    assert score_prediction("accuracy", "#### 42", {"answer": "42"}) == 1.0  # no pattern: the GSM rule
+    with pytest.raises(ValueError, match="metric 'bleu' is unknown"):
+        score_prediction("bleu", "x", row)
