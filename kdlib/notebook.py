@@ -32,6 +32,19 @@ def protocol(task: str, **over) -> dict:
             "eval_splits": eval_splits(task), **over}
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def output_dir(out_dir: str, notebook: str) -> Path:
+    """Where a notebook writes its figures and tables: `out_dir`, a relative one read from the repository root
+    (not the kernel's working directory); empty, `.cache/figures/<notebook>`, so that running a notebook by
+    hand never rewrites the committed figures (`make reproduce` passes `figures/<notebook>`)."""
+    path = Path(out_dir).expanduser() if out_dir else ROOT / ".cache" / "figures" / notebook
+    path = path if path.is_absolute() else ROOT / path
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def grid(base: dict, smoke: bool = False, **axes) -> list[RunConfig]:
     """One config per combination of `axes` values (each a list), on top of `base`.
 

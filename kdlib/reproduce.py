@@ -104,6 +104,8 @@ def main(argv=None) -> int:
                 params.update(smoke=True, seeds=[0], out_dir=str(Path(tmp) / "figures" / nb.stem))
             elif args.profile == "paper":  # never overwrite the committed embedded figures
                 params.update(out_dir=str(ROOT / "figures" / "paper" / nb.stem))
+            else:  # the committed figures: only make reproduce writes them (by hand, a notebook writes .cache/)
+                params.update(out_dir=str(ROOT / "figures" / nb.stem))
             print(f"[reproduce] {nb.name} ({'smoke' if args.smoke else args.profile}) ...", flush=True)
             took = execute(nb, params, (Path(tmp) if args.smoke else executed) / nb.name)
             seconds[nb.stem] = took

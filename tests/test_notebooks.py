@@ -150,10 +150,12 @@ def test_reproduce_gives_a_lone_notebook_every_thread_and_names_an_unknown_one(t
     monkeypatch.setenv("OMP_NUM_THREADS", "as before")  # restored after the test: main() sets it
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     seen = []
-    monkeypatch.setattr(reproduce, "execute",
-                        lambda nb, params, out, env=None: seen.append((nb.stem, os.environ["OMP_NUM_THREADS"])) or 1.0)
+    outs = []
+    monkeypatch.setattr(reproduce, "execute", lambda nb, params, out, env=None: outs.append(params["out_dir"])
+                        or seen.append((nb.stem, os.environ["OMP_NUM_THREADS"])) or 1.0)
     reproduce.main(["--only", "00_quickstart"])
     assert seen == [("00_quickstart", "as before")]
+    assert outs == [str(reproduce.ROOT / "figures" / "00_quickstart")]  # only make reproduce writes the figures
     seen.clear()
     reproduce.main(["--only", "00_quickstart", "01_gkd"])
     assert sorted(seen) == [("00_quickstart", "1"), ("01_gkd", "1")]
@@ -264,3 +266,12 @@ def test_notebooks_open_on_the_kdlib_kernel_that_setup_installs_into_the_venv(pa
     assert nb["metadata"]["kernelspec"]["name"] == "kdlib"
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     assert "ipykernel install --sys-prefix --name kdlib" in makefile and "\nlab: setup" in makefile
+
+
+def test_a_notebook_run_by_hand_writes_outside_the_committed_figures(tmp_path, monkeypatch):
+    from kdlib.notebook import ROOT, output_dir
+
+    monkeypatch.chdir(tmp_path)  # a kernel started anywhere: paths still start at the repository root
+    assert output_dir("", "01_gkd") == ROOT / ".cache" / "figures" / "01_gkd"
+    assert output_dir("figures/01_gkd", "01_gkd") == ROOT / "figures" / "01_gkd"
+    assert output_dir(str(tmp_path / "mine"), "01_gkd") == tmp_path / "mine" and (tmp_path / "mine").is_dir()
