@@ -439,6 +439,44 @@ def reference_scores(configs: list[RunConfig], score: str = "score") -> dict:
     return {"teacher": run(teacher_config(configs[0]), progress=False)[score], "warm-up student": sum(warm) / len(warm)}
 
 
+def pair_defaults(teacher: str, student: str) -> dict:
+    """lr and batch size that suit a pair. Embedded sizes: the embedded protocol's lr 1e-3 and batch 32
+    (docs/workload.md). A pretrained model: lr 5e-5 (CHOSEN: transformers' TrainingArguments default, a
+    fine-tuning rate for models of this size; the tiny models' 1e-3 made SmolLM2's pruned student write
+    "The The The" after 2 steps) and batch 8 (CHOSEN: a CPU's memory at SmolLM2's 49 152-token vocabulary)."""
+    from kdlib.names import EMBEDDED_SIZES
+
+    if teacher in EMBEDDED_SIZES and student in EMBEDDED_SIZES:
+        return {"lr": 1e-3, "batch_size": 32}
+    return {"lr": 5e-5, "batch_size": 8}
+
+
+def pair_references(cfg: RunConfig) -> dict:
+    """The lines a comparison of `cfg`'s pair needs, on its first evaluation split: the teacher's score and
+    the starting student's (none for a student trained from scratch). Trained runs (an embedded teacher's
+    recipe, a teacher's fine-tuning, the SFT warm-up) are read from the cache or trained; a model used as
+    loaded is scored once and cached by model, task and evaluation settings."""
+    from kdlib import workload
+    from kdlib.experiments import _named_path, run, score_model, sft_init_recipe, teacher_config
+    from kdlib.names import EMBEDDED_SIZES
+
+    def loaded(name: str) -> float:
+        key = {"model": name, "task": (cfg.user_task.digest if cfg.user_task else cfg.task), "n_eval": cfg.n_eval,
+               "splits": list(cfg.eval_splits), "max_new_tokens": cfg.max_new_tokens, "profile": cfg.profile,
+               "chat_template_from": cfg.chat_template_from}
+        d = workload.cached_dir("scores", key,
+                                lambda dd: score_model(cfg, _named_path(name), out_dir=dd, progress=False))
+        return json.loads((d / "scores.json").read_text())["scores"][cfg.eval_splits[0].split(":", 1)[0]]
+
+    trained_teacher = cfg.teacher in EMBEDDED_SIZES or cfg.teacher_steps > 0  # whatever cfg's method
+    out = {"teacher": run(teacher_config(cfg), progress=False)["score"] if trained_teacher else loaded(cfg.teacher)}
+    if cfg.student_init == "sft":
+        out["starting student"] = run(sft_init_recipe(cfg), progress=False)["score"]
+    elif cfg.student_init == "pretrained":
+        out["starting student"] = loaded(cfg.student)
+    return out
+
+
 def switch_positions(cfg: RunConfig, *, n_rows: int = 256, seed: int = 0) -> pd.DataFrame:
     """Where `cfg`'s sampler hands over to the teacher, at the start of its distillation: its sampler run with
     the warmed-up student (`sft_init_recipe`) and the teacher on `n_rows` training prompts past the

@@ -275,3 +275,19 @@ def test_a_notebook_run_by_hand_writes_outside_the_committed_figures(tmp_path, m
     assert output_dir("", "01_gkd") == ROOT / ".cache" / "figures" / "01_gkd"
     assert output_dir("figures/01_gkd", "01_gkd") == ROOT / "figures" / "01_gkd"
     assert output_dir(str(tmp_path / "mine"), "01_gkd") == tmp_path / "mine" and (tmp_path / "mine").is_dir()
+
+
+@pytest.mark.slow
+def test_the_workbench_runs_on_a_jsonl_task_of_its_own(tmp_path):
+    """04_your_pair on a task folder written here: the tables and the provenance carry the task's own name,
+    with the teacher's and the starting student's scores."""
+    from test_usertask import write_task
+
+    task = write_task(tmp_path / "apples", n_train=64)
+    out = tmp_path / "figures"
+    reproduce.execute(reproduce.NOTEBOOKS / "04_your_pair.ipynb",
+                      {"smoke": True, "seeds": [0], "out_dir": str(out), "task": str(task), "methods": ["sft", "gkd"]},
+                      tmp_path / "04.ipynb", env={"KDLIB_CACHE": str(tmp_path / "cache")})
+    provenance = (out / "provenance.json").read_text()
+    assert '"task": "apples"' in provenance and "teacher score" in provenance and "starting student score" in provenance
+    assert (out / "comparison.csv").exists() and (out / "comparison.png").exists() and (out / "curves.png").exists()
