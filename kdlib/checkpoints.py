@@ -8,8 +8,6 @@ would trust.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import random
 import re
@@ -18,22 +16,9 @@ from pathlib import Path
 
 import torch
 
+from kdlib._io import atomic_path, writing  # noqa: F401 - writing: part of this module's API
+
 _NAME = re.compile(r"step-(\d+)\.pt$")
-
-
-@contextlib.contextmanager
-def writing(path: Path):
-    """Name the file and the cause when a write fails: torch's and safetensors' own messages on a full disk
-    ("enforce fail at inline_container.cc", "No space left on device") do not say where."""
-    try:
-        yield
-    except (OSError, RuntimeError) as e:
-        text = str(e)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in text or "inline_container" in text:
-            raise OSError(errno.ENOSPC, f"no space left on the device while writing {path} "
-                          f"({text.splitlines()[0][:200]}); "
-                          "free space and run again: finished runs and checkpoints are kept") from e
-        raise
 
 
 def checkpoint_dir(trainer) -> Path:
@@ -78,10 +63,8 @@ def save(trainer) -> Path | None:
         "config_hash": trainer.cfg.hash(),
     }
     path = d / f"step-{trainer.state.step:06d}.pt"
-    tmp = path.with_suffix(".pt.tmp")
-    with writing(path):
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-    os.replace(tmp, path)
     for old in list_checkpoints(d)[: -trainer.cfg.keep_checkpoints]:
         old.unlink()
     return path

@@ -3,11 +3,11 @@ per-example outputs and scores by response-length bucket."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from kdlib._io import atomic_write_text
 from kdlib.data import encode_prompts
 from kdlib.metrics import answer_correct, extract_answer, rouge_l, score_prediction  # noqa: F401 - API
 
@@ -84,11 +84,7 @@ def evaluate(model, tokenizer, rows: list[dict], *, metric: str, max_new_tokens:
         preds = greedy_decode(model, tokenizer, prompts, max_new_tokens=max_new_tokens, progress=progress)
     records = score_rows(rows, preds, metric)
     if out_path is not None:
-        out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        tmp.replace(out_path)
+        atomic_write_text(out_path, "".join(json.dumps(r) + "\n" for r in records))
     return {"metric": metric, "score": sum(r["score"] for r in records) / max(1, len(records)),
             "n": len(records), "buckets": length_buckets(records)}
 

@@ -19,7 +19,7 @@ import torch
 
 from kdlib import checkpoints, usertask, workload
 from kdlib._env import env_flag
-from kdlib.checkpoints import writing
+from kdlib._io import atomic_write_text, writing
 from kdlib.config import RunConfig
 from kdlib.models import EMBEDDED_SIZES, build_llama, keep_freed_memory, load_model, n_params, pick_device_dtype
 from kdlib.sources import build_source
@@ -467,7 +467,7 @@ def _eval_during_training(trainer, rows, validation_rows=None) -> None:
         score = ev.evaluate(model, trainer.tokenizer, rows, metric=metric,
                             max_new_tokens=cfg.max_new_tokens)["score"]
         trainer.state.metrics[-1]["eval_score"] = score
-    if hasattr(trainer.source, "report_validation") and validation_rows:
+    if trainer.source.wants_validation and validation_rows:
         val = ev.validation_loss(model, trainer.tokenizer, validation_rows, max_new_tokens=cfg.max_new_tokens)
         trainer.source.report_validation(val)
         trainer.state.metrics[-1].update(validation_loss=val, student_output_probability=trainer.source.fraction)
@@ -611,10 +611,7 @@ def _mean(values):
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    with writing(path):
-        tmp.write_text(json.dumps(obj, indent=1, default=str))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
 
 
 def trained_model(cfg: RunConfig, progress: bool = True):

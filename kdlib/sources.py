@@ -72,6 +72,15 @@ class Source:
         # sampling differs per process; the row order (and the coins below) are shared by all
         self.sample_gen = torch.Generator().manual_seed(seed + 1 + 1000 * rank)
 
+    # The hooks the trainer calls; a source overrides the ones it needs.
+    wants_validation = False  # True: the run measures the held-out loss and calls report_validation
+
+    def new_step(self) -> None:
+        """Once per optimizer step, before its micro-batches (per-step coins: GKD's λ, DistiLLM's mode)."""
+
+    def report_validation(self, loss: float) -> None:
+        """The held-out validation loss: before the first step and at every evaluation (DistiLLM's schedule)."""
+
     def batch(self, ctx: StepContext, k: int) -> tuple[SequenceBatch, str]:
         raise NotImplementedError
 
@@ -212,6 +221,7 @@ class DistiLLMSource(Source):
     replacement; until the buffer is full, every student-output step samples afresh."""
 
     uses_sampler = True
+    wants_validation = True
 
     def __init__(self, rows, seed, rank=0, *, steps: int, initial_fraction=0.0, increment=0.1,
                  loss_margin=0.1, capacity=1000, labelled=None):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdlib import divergences
+from kdlib._io import atomic_path
 from kdlib.config import RunConfig
 from kdlib.data import SequenceBatch, position_ids
 from kdlib.models import keep_freed_memory
@@ -140,8 +140,7 @@ class Trainer:
     # ---- one optimizer step -------------------------------------------------------------------
     def draw_step(self) -> tuple[list[SequenceBatch], str, dict]:
         cfg, stats = self.cfg, {}
-        if hasattr(self.source, "new_step"):
-            self.source.new_step()
+        self.source.new_step()
         n_micro = cfg.grad_accum_steps
         if cfg.micro_batch_size_resolved % self.acc.num_processes:
             raise ValueError(f"micro-batch {cfg.micro_batch_size_resolved} does not split over "
@@ -253,14 +252,11 @@ class Trainer:
     def write_metrics(self):
         if not self.acc.is_main_process or not self.state.metrics:
             return
-        path = self.run_dir / "metrics.csv"
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.run_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
             keys = list(dict.fromkeys(k for r in self.state.metrics for k in r))
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(self.state.metrics)
-        os.replace(tmp, path)
 
 
 def _merge_stats(acc: dict, new: dict) -> dict:

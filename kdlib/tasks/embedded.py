@@ -141,11 +141,9 @@ def vocabulary() -> list[str]:
 
 def write_jsonl(rows: list[dict], path: str | os.PathLike) -> Path:
     """Write rows atomically: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
+    from kdlib._io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
-    return path
+    return Path(path)
