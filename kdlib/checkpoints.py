@@ -46,6 +46,7 @@ def save(trainer) -> Path | None:
     processes = gather_object([_process_state(trainer)])  # every process's own state, in rank order
     # accelerate gathers the full weights (under FSDP each rank holds a shard): a collective, every rank calls it
     student_state = acc.get_state_dict(trainer.student)
+    optimizer_state = _optimizer_state(trainer)  # the same under FSDP: gathered from every rank's shard
     if not acc.is_main_process:
         return None
     d = checkpoint_dir(trainer)
@@ -56,7 +57,7 @@ def save(trainer) -> Path | None:
         "forwards": vars(trainer.state.forwards),
         "seconds": trainer.state.seconds,
         "student": student_state,
-        "optimizer": trainer.opt.state_dict(),
+        "optimizer": optimizer_state,
         "scheduler": trainer.sched.state_dict(),
         "processes": processes,
         "config": trainer.cfg.to_dict(),
@@ -68,6 +69,28 @@ def save(trainer) -> Path | None:
     for old in list_checkpoints(d)[: -trainer.cfg.keep_checkpoints]:
         old.unlink()
     return path
+
+
+def _optimizer_state(trainer) -> dict:
+    """The whole optimizer state keyed by parameter names (torch.distributed.checkpoint): under FSDP each rank
+    holds a shard and this gathers them (a collective: every rank calls it); otherwise the plain state."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(trainer.student, trainer.opt,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _load_optimizer(trainer, saved: dict) -> None:
+    """Restore what `_optimizer_state` wrote (each rank takes its shard under FSDP); a checkpoint from before
+    2026-12-03 holds `optimizer.state_dict()` keyed by parameter index, loaded as it is."""
+    groups = saved.get("param_groups") or [{}]
+    if all(isinstance(i, int) for i in groups[0].get("params", [])):
+        trainer.opt.load_state_dict(saved)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(trainer.student, trainer.opt, optim_state_dict=saved,
+                             options=StateDictOptions(full_state_dict=True))
 
 
 def latest(trainer) -> Path | None:
@@ -126,7 +149,7 @@ def _restore(trainer, path: Path, state: dict) -> None:
         diff = sorted(k for k in saved if saved[k] != current.get(k))
         raise ValueError(f"checkpoint {path} was written by a different config (fields {diff})")
     trainer.acc.unwrap_model(trainer.student).load_state_dict(state["student"])
-    trainer.opt.load_state_dict(state["optimizer"])
+    _load_optimizer(trainer, state["optimizer"])
     trainer.sched.load_state_dict(state["scheduler"])
     processes = state.get("processes") or [{"source": state["source"], "rng": state["rng"]}]  # older files
     rank, world = trainer.acc.process_index, trainer.acc.num_processes

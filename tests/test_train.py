@@ -505,3 +505,28 @@ def test_a_cached_run_with_another_learning_curve_is_named(tmp_path, monkeypatch
         assert not caplog.records
         experiments.run(RunConfig(method="kd", task="arith", student="tiny", steps=4, eval_every=3))
     assert len(caplog.records) == 1 and "eval_every=2" in caplog.records[0].getMessage()
+
+
+def test_optimizer_state_is_saved_by_parameter_name_and_older_checkpoints_still_resume(tokenizer, arith_rows,
+                                                                                        tmp_path):
+    """Checkpoints hold the optimizer state keyed by parameter names (torch.distributed.checkpoint, which also
+    gathers FSDP shards); a checkpoint written before, keyed by parameter index, resumes to the same weights."""
+    cfg = RunConfig(method="sft", batch_size=4, steps=4, checkpoint_every=2, max_new_tokens=24, lr=1e-2)
+    full = make_trainer(cfg, tokenizer, arith_rows, tmp_path / "full")
+    full.fit()
+    interrupt_after(make_trainer(cfg, tokenizer, arith_rows, tmp_path / "old"), 2)
+    path = checkpoints.latest(make_trainer(cfg, tokenizer, arith_rows, tmp_path / "old"))
+    state = torch.load(path, weights_only=False)
+    names = state["optimizer"]["param_groups"][0]["params"]
+    assert names and all(isinstance(n, str) for n in names) and set(state["optimizer"]["state"]) <= set(names)
+    # rewrite it as an older kdlib did: optimizer.state_dict(), keyed by the parameters' positions
+    index = {n: i for i, n in enumerate(names)}
+    state["optimizer"] = {"state": {index[n]: v for n, v in state["optimizer"]["state"].items()},
+                          "param_groups": [{**g, "params": [index[n] for n in g["params"]]}
+                                           for g in state["optimizer"]["param_groups"]]}
+    torch.save(state, path)
+    old = make_trainer(cfg, tokenizer, arith_rows, tmp_path / "old")
+    checkpoints.load(old, path)
+    old.fit()
+    for a, b in zip(full.student.parameters(), old.student.parameters()):
+        assert torch.equal(a, b)
