@@ -70,7 +70,8 @@ def _main(argv) -> int:
             p.add_argument("--output", help="also export the trained model, its tokenizer and result.json to this "
                                             "new folder (from_pretrained loads it)")
         if name == "eval":
-            p.add_argument("--model", help="a save_pretrained directory (or hub name) to score as it is")
+            p.add_argument("--model", help="a save_pretrained directory, smollm2 / smollm2-pruned (kdlib's offline "
+                                            "copies), or a hub name, to score as it is")
             p.add_argument("--out", help="folder for predictions-<split>.jsonl and scores.json "
                                          "(default: <model>/eval when --model is a directory)")
     args, extra = parser.parse_known_args(argv)  # overrides may also come after --quiet

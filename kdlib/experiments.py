@@ -431,6 +431,8 @@ def score_model(cfg: RunConfig, model_path: str, *, out_dir=None, progress: bool
     keep_freed_memory()
     device, dtype = pick_device_dtype(cfg.dtype)
     tok = resolve_tokenizer(cfg)
+    if model_path in workload.PRETRAINED:  # smollm2, smollm2-pruned: kdlib's offline copies, not the hub
+        model_path = str(workload.PRETRAINED[model_path]())
     model = load_model(model_path, device=device, dtype=dtype)
     if model.get_input_embeddings().num_embeddings < len(tok):
         raise ValueError(f"{model_path}: its vocabulary ({model.get_input_embeddings().num_embeddings}) is "

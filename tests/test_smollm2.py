@@ -29,3 +29,16 @@ def test_smollm2_pair_distils_one_step_through_the_chat_template():
     assert 0.0 <= result["score"] <= 1.0
     with pytest.raises(ValueError, match="cannot be paired"):
         resolve_tokenizer(cfg.replace(student="student-s", student_init="sft"))
+
+
+def test_eval_model_smollm2_scores_the_offline_copy_without_the_hub(tmp_path, monkeypatch, capsys):
+    import json
+
+    from kdlib import cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli.main(["eval", "teacher=smollm2", "student=smollm2", "student_init=pretrained", "task=arith",
+                     "n_eval=2", "max_new_tokens=8", "eval_splits=[test]", "--model", "smollm2",
+                     "--out", str(tmp_path / "eval"), "--quiet"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert set(scores) == {"test", "test_t1"} and (tmp_path / "eval" / "scores.json").exists()
