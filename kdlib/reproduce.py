@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -108,6 +109,9 @@ def main(argv=None) -> int:
                 params.update(out_dir=str(ROOT / "figures" / nb.stem))
             print(f"[reproduce] {nb.name} ({'smoke' if args.smoke else args.profile}) ...", flush=True)
             took = execute(nb, params, (Path(tmp) if args.smoke else executed) / nb.name)
+            if not args.smoke and args.profile == "embedded":  # what `make site` renders; committed with figures/
+                (ROOT / "figures" / "executed").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(executed / nb.name, ROOT / "figures" / "executed" / nb.name)
             seconds[nb.stem] = took
             print(f"[reproduce] {nb.name} done in {took:.0f} s ({took / 60:.1f} min)", flush=True)
             return took
