@@ -530,3 +530,20 @@ def test_optimizer_state_is_saved_by_parameter_name_and_older_checkpoints_still_
     old.fit()
     for a, b in zip(full.student.parameters(), old.student.parameters()):
         assert torch.equal(a, b)
+
+
+def test_report_to_tensorboard_writes_the_loss_curve(tokenizer, arith_rows, tmp_path):
+    """accelerate's TensorBoard tracker (extra `tensorboard`): the run's metrics rows as scalars, by step."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = RunConfig(method="sft", batch_size=4, steps=3, max_new_tokens=24, report_to=("tensorboard",))
+    t = make_trainer(cfg, tokenizer, arith_rows, tmp_path)
+    t.fit()
+    t.acc.end_training()
+    events = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert events, f"no TensorBoard event file under {tmp_path}"
+    acc = EventAccumulator(str(events[0].parent)).Reload()
+    loss = acc.Scalars("loss")
+    assert [e.step for e in loss] == [1, 2, 3]
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in t.state.metrics])
