@@ -101,3 +101,17 @@ def test_a_gain_that_grows_with_length_is_told_from_one_that_does_not():
     assert gain_gap(long_same, short, n_boot=1000).verdict == NOT_SEPARATED
     with pytest.raises(ValueError, match="same seeds"):
         gain_gap(np.zeros((2, 3)), np.zeros((3, 3)))
+
+
+def test_one_seed_interval_agrees_with_scipys_paired_bootstrap():
+    """With one seed the crossed bootstrap is the ordinary paired (item) bootstrap: scipy.stats.bootstrap's
+    percentile interval of the mean difference agrees within Monte-Carlo error."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(3)
+    a = rng.binomial(1, 0.62, size=800).astype(float)
+    b = np.where(rng.random(800) < 0.8, a, rng.binomial(1, 0.55, size=800))  # correlated, as paired runs are
+    ours = paired_bootstrap(a, b, n_boot=20000, seed=1)
+    ref = scipy_stats.bootstrap((a - b,), np.mean, n_resamples=20000, method="percentile",
+                                random_state=np.random.default_rng(2)).confidence_interval
+    width = ref.high - ref.low
+    assert abs(ours.low - ref.low) < 0.05 * width and abs(ours.high - ref.high) < 0.05 * width
