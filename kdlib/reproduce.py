@@ -109,7 +109,7 @@ def main(argv=None) -> int:
                 params.update(out_dir=str(ROOT / "figures" / nb.stem))
             print(f"[reproduce] {nb.name} ({'smoke' if args.smoke else args.profile}) ...", flush=True)
             took = execute(nb, params, (Path(tmp) if args.smoke else executed) / nb.name)
-            if not args.smoke and args.profile == "embedded":  # what `make site` renders; committed with figures/
+            if not args.smoke and args.profile == "embedded" and (executed / nb.name).exists():  # for `make site`
                 (ROOT / "figures" / "executed").mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(executed / nb.name, ROOT / "figures" / "executed" / nb.name)
             seconds[nb.stem] = took

@@ -1,0 +1,178 @@
+"""Paired comparisons and the claims files: paired differences with their intervals, the verdict lines
+(reproduced / not separated / reversed), the length and training-curve claims."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from kdlib.notebook.tables import evaluated, item_scores, results_frame
+
+
+def paired_table(results: list[dict], pairs, *, evals=None, settings=None) -> pd.DataFrame:
+    """Paired comparisons (`kdlib.stats.compare`) of runs that share seeds and test items: for each
+    (better, worse) in `pairs` (methods, or values of `settings`, one label per run, when given) and each
+    evaluation set (`evals`, default every scored set: greedy "test", sampled "test_t1", ...), one row with both means,
+    the mean paired difference, its 95 % interval, the seeds and items compared, and the verdict."""
+    from kdlib import stats
+
+    sets = evals or [k[len("score_"):] for k in results[0] if k.startswith("score_")]
+    rows = []
+    for split in sets:
+        items = item_scores(results, split, settings)
+        for better, worse in pairs:
+            d = stats.compare(items, better, worse, by="method" if settings is None else "setting")
+            rows.append(_difference_row(d, better, worse, split))
+    return pd.DataFrame(rows)
+
+
+def _difference_row(d, better: str, worse: str, split: str) -> dict:
+    """One row of a paired table from a `kdlib.stats.PairedDifference`."""
+    from kdlib.experiments import SAMPLED_SUFFIX
+
+    return {"eval": split.removesuffix(SAMPLED_SUFFIX),
+            "decoding": "sampled T=1" if split.endswith(SAMPLED_SUFFIX) else "greedy",
+            "better": better, "worse": worse, "mean_better": d.mean_a, "mean_worse": d.mean_b,
+            "difference": d.diff, "ci_low": d.low, "ci_high": d.high, "seeds": d.n_seeds,
+            "items": d.n_items, "verdict": d.verdict}
+
+
+def paired_table_by(results: list[dict], field: str, pairs, **kw) -> pd.DataFrame:
+    """`paired_table` within each value of a result field (e.g. student, task), with that value as "group"."""
+    groups = list(dict.fromkeys(r[field] for r in results))
+    return pd.concat([paired_table([r for r in results if r[field] == g], pairs, **kw).assign(group=g)
+                      for g in groups], ignore_index=True)
+
+
+LENGTH_EDGES = (0, 12, 24, 36, 1_000_000)  # reference length in words, as kdlib.evaluate.length_buckets
+
+
+def _bucket(words: int, edges=LENGTH_EDGES) -> str:
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        if lo <= words < hi:
+            return f"{lo}-{hi - 1}" if hi < 1_000_000 else f"{lo}+"
+    raise ValueError(f"reference length {words} is outside {edges}")
+
+
+def _bucketed_items(results: list[dict], split: str) -> tuple[pd.DataFrame, list[str]]:
+    """`item_scores` with each item's reference-length bucket (LENGTH_EDGES), and the buckets present,
+    shortest first."""
+    items = item_scores(results, split)
+    items["bucket"] = [_bucket(w) for w in items["ref_words"]]
+    present = [b for b in dict.fromkeys(_bucket(lo) for lo in LENGTH_EDGES[:-1]) if b in set(items.bucket)]
+    return items, present
+
+
+def paired_by_length(results: list[dict], better: str, worse: str, split: str = "test") -> pd.DataFrame:
+    """`better` − `worse` paired per seed and item within each reference-length bucket (LENGTH_EDGES), one row
+    per bucket (as `paired_table`, with the bucket as "group"), shortest first."""
+    from kdlib import stats
+
+    items, present = _bucketed_items(results, split)
+    return pd.DataFrame([{"group": b, **_difference_row(stats.compare(items[items.bucket == b], better, worse),
+                                                        better, worse, split)} for b in present])
+
+
+def gain_grows_claim(results: list[dict], better: str, worse: str, *, paper: str, split: str = "test") -> str:
+    """`better`'s paired gain over `worse` is larger on the longest responses (last LENGTH_EDGES bucket) than
+    on the shortest, with the 95 % interval of the difference of the two gains (`kdlib.stats.gain_gap`)."""
+    from kdlib import stats
+
+    items, present = _bucketed_items(results, split)
+    if len(present) < 2:
+        return f"{paper}: fewer than two length buckets"
+
+    def gains(bucket):  # (seeds, items) of better − worse within the bucket
+        a, b = stats.aligned(items[items.bucket == bucket], better, worse)
+        return a - b
+
+    r = stats.gain_gap(gains(present[-1]), gains(present[0]))
+    return (f"{paper}: {better} − {worse} is {r.mean_a:+.3f} on responses of {present[-1]} words and {r.mean_b:+.3f} "
+            f"on {present[0]} words; their difference {r.diff:+.3f} [95 % CI {r.low:+.3f}, {r.high:+.3f}] over "
+            f"{r.n_seeds} seed(s) → {r.verdict}")
+
+
+def best_baseline(results: list[dict], method: str, score: str = "score") -> str:
+    """The method other than `method` with the highest mean `score` (greedy, first evaluation set)."""
+    means = results_frame(results).groupby("method")[score].mean().drop(method, errors="ignore")
+    if means.empty:
+        raise ValueError(f"no baseline besides {method!r} among the results")
+    return str(means.idxmax())
+
+
+def paired_claims(table: pd.DataFrame, paper: str) -> list[str]:
+    """One claim line per row of `paired_table`, prefixed with what the paper claims."""
+    return [f"{paper} [{(r.group + ', ') if 'group' in table else ''}{r.eval}, {r.decoding}]: "
+            f"{r.better} {r.mean_better:.3f} vs {r.worse} {r.mean_worse:.3f}, "
+            f"paired difference {r.difference:+.3f} [95 % CI {r.ci_low:+.3f}, {r.ci_high:+.3f}] over {r.seeds} "
+            f"seed(s) × {r.items} items → {r.verdict}" for r in table.itertuples()]
+
+
+def seed_claim(df: pd.DataFrame, by: str, better, worse, *, value: str = "score", paper: str = "",
+               paired: bool = True) -> str:
+    """A claim on one number per run (a sampled score, self-BLEU, a switch rate): `better` > `worse`, values
+    of column `by`, with the 95 % bootstrap interval of the difference over seeds — paired by seed when the
+    two groups share each seed's warm-up (`paired`), else resampled independently (e.g. two tasks)."""
+    from kdlib import stats
+
+    a = df[df[by] == better].groupby("seed")[value].mean()
+    b = df[df[by] == worse].groupby("seed")[value].mean()
+    try:
+        if paired:
+            seeds = sorted(set(a.index) & set(b.index))
+            if not seeds:
+                raise ValueError(f"{better!r} and {worse!r} share no seed")
+            r = stats.paired_bootstrap(a.loc[seeds].to_numpy()[:, None], b.loc[seeds].to_numpy()[:, None])
+        else:
+            r = stats.independent_bootstrap(a.to_numpy(), b.to_numpy())
+    except ValueError as e:
+        return f"{paper}: {e}"
+    text = r.describe(str(better), str(worse)).replace(f" × {r.n_items} items", "")
+    return f"{paper}: {text}" + ("" if paired else " (unpaired)")
+
+
+def save_claims(claims: list[str], out_dir, name: str = "claims") -> None:
+    """The notebook's claim lines, as Markdown beside its figures (quoted by the README)."""
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text("".join(f"- {c}\n" for c in claims))
+
+
+def training_claims(curves: pd.DataFrame, method: str, *, n_steps: int = 10) -> list[str]:
+    """AdaSwitch's two training-dynamics claims, from `curves_frame` rows of one task and one student, each
+    with a 95 % bootstrap interval over seeds, paired by seed (`seed_claim`):
+
+    - the divergence falls during training: `method`'s training loss, each seed's mean over its first
+      `n_steps` logged steps against its mean over its last `n_steps` (fewer, never overlapping, in short runs);
+    - the fastest early improvement: the score at `method`'s first evaluation, against the best other method
+      evaluated at the same step. Every run starts from the same SFT student per seed, so the score there
+      orders the early gains."""
+    own = curves[curves.method == method]
+    if own.empty:
+        return [f"training dynamics: no {method} runs"]
+    steps = sorted(own.step.unique())
+    n = min(n_steps, len(steps) // 2)
+    if n < 1:
+        lines = [f"the divergence falls during training: {method} logged {len(steps)} step(s), too few to compare"]
+    else:
+        def phase(label: str, window: list) -> pd.DataFrame:  # each seed's mean loss over the window
+            return own[own.step.isin(window)].groupby("seed")["loss"].mean().reset_index().assign(phase=label)
+
+        first, last = f"first {n} steps", f"last {n} steps"
+        phases = pd.concat([phase(first, steps[:n]), phase(last, steps[-n:])])
+        lines = [seed_claim(phases, "phase", first, last, value="loss",
+                            paper=f"the divergence falls during training ({method}'s training loss per token)")]
+    scored = evaluated(curves)
+    own_scored = scored[scored.method == method]
+    if own_scored.empty:
+        return lines + [f"fastest early improvement: {method} was not evaluated during training (set eval_every)"]
+    step = own_scored.step.min()
+    at = scored[scored.step == step]
+    others = at[at.method != method].groupby("method")["eval_score"].mean()
+    if others.empty:
+        return lines + [f"fastest early improvement: no other method was evaluated at step {step}"]
+    best = others.idxmax()
+    return lines + [seed_claim(at, "method", method, best, value="eval_score",
+                               paper=f"fastest early improvement: score at step {step}, {method} vs the best other "
+                                     f"method there ({best})")]

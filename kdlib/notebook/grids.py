@@ -1,0 +1,91 @@
+"""The run configs a notebook builds: the smoke settings, the embedded protocol, grids, output folders,
+the paper profile's swap, and a pair's defaults."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from kdlib.config import RunConfig
+
+# Smallest settings: every cell runs, in seconds, on tiny models (used by `make smoke` / the tests).
+SMOKE = dict(teacher="tiny", teacher_steps=5, student="tiny", steps=3, n_train=64, n_labelled=16, n_eval=8,
+             batch_size=8, max_new_tokens=48, eval_every=2)
+
+# The embedded protocol (docs/workload.md): labels are scarcer than prompts, as in real distillation (GKD
+# Fig. 3). The student is warmed up by SFT to its plateau on the n_labelled labelled rows; then every method
+# runs `steps` optimizer steps from it: SFT and supervised KD on the labelled rows, SeqKD and the samplers on
+# all n_train prompts. Scores on 1 000 held-out rows, greedy and sampled at temperature 1.
+PROTOCOL = {"summ": dict(n_train=4000, n_labelled=100), "arith": dict(n_train=4000, n_labelled=1000)}
+PROTOCOL_STEPS, PROTOCOL_EVAL = 150, 1000
+
+
+def protocol(task: str, **over) -> dict:
+    """The base config of the embedded protocol for `task` (PROTOCOL), with `over` on top."""
+    return {"task": task, **PROTOCOL.get(task, {}), "steps": PROTOCOL_STEPS, "n_eval": PROTOCOL_EVAL,
+            "eval_splits": eval_splits(task), **over}
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def output_dir(out_dir: str, notebook: str) -> Path:
+    """Where a notebook writes its figures and tables: `out_dir`, a relative one read from the repository root
+    (not the kernel's working directory); empty, `.cache/figures/<notebook>`, so that running a notebook by
+    hand never rewrites the committed figures (`make reproduce` passes `figures/<notebook>`)."""
+    path = Path(out_dir).expanduser() if out_dir else ROOT / ".cache" / "figures" / notebook
+    path = path if path.is_absolute() else ROOT / path
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def grid(base: dict, smoke: bool = False, **axes) -> list[RunConfig]:
+    """One config per combination of `axes` values (each a list), on top of `base`.
+
+    With `smoke`, the smallest settings override the base, but not the axes being compared, and every
+    axis but `method` keeps its first two values (each value's code path has its own unit tests)."""
+    if smoke:
+        axes = {k: (v if k == "method" else v[:2]) for k, v in axes.items()}
+    names = list(axes)
+    out = []
+    for values in itertools.product(*(axes[n] for n in names)):
+        d = {**base, **(SMOKE if smoke else {}), **dict(zip(names, values))}
+        if smoke:
+            d = {**d, **{k: v for k, v in SMOKE.items() if k not in names}}
+        out.append(RunConfig(**d))
+    return out
+
+
+def eval_splits(task: str) -> tuple:
+    """The held-out sets a notebook scores on: every split of the task but train (arith: test and its
+    perturbed "plus" split). Notebooks use the same sets so the runs they share are trained once."""
+    from kdlib import usertask, workload
+
+    if task in workload.TASK_SPLITS:
+        splits = workload.TASK_SPLITS[task]
+    else:
+        splits = usertask.spec(task).splits if usertask.is_user_task(task) else ("train", "test")
+    return tuple(s for s in splits if s != "train")
+
+
+def table_configs(profile: str, table: str, embedded: list[RunConfig], seeds) -> list[RunConfig]:
+    """The configs behind one paper table or figure: the embedded grid the notebook built, or, with
+    profile='paper', the paper table's runs (`kdlib.paper.TABLES[table]`: hub pairs and datasets)."""
+    if profile == "embedded":
+        return embedded
+    if profile != "paper":
+        raise ValueError(f"profile={profile!r}: choose 'embedded' or 'paper'")
+    from kdlib import paper
+
+    return [r.config for r in paper.table_runs(table, tuple(seeds))]
+
+
+def pair_defaults(teacher: str, student: str) -> dict:
+    """lr and batch size that suit a pair. Embedded sizes: the embedded protocol's lr 1e-3 and batch 32
+    (docs/workload.md). A pretrained model: lr 5e-5 (CHOSEN: transformers' TrainingArguments default, a
+    fine-tuning rate for models of this size; the tiny models' 1e-3 made SmolLM2's pruned student write
+    "The The The" after 2 steps) and batch 8 (CHOSEN: a CPU's memory at SmolLM2's 49 152-token vocabulary)."""
+    from kdlib.names import EMBEDDED_SIZES
+
+    if teacher in EMBEDDED_SIZES and student in EMBEDDED_SIZES:
+        return {"lr": 1e-3, "batch_size": 32}
+    return {"lr": 5e-5, "batch_size": 8}

@@ -1,0 +1,136 @@
+"""Measurements a notebook makes beyond the runs themselves (they load, sample or train models): the
+workload table, the mechanisms, quality against diversity, reference scores, switch positions."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from kdlib.config import RunConfig
+from kdlib.notebook.grids import grid, protocol
+from kdlib.notebook.tables import divergence_label, workload_frame
+
+
+def workload_report(tasks: list[str], students: list[str], *, smoke: bool = False) -> pd.DataFrame:
+    """The embedded workload table: per task, the teacher (`kdlib.experiments.teacher_recipe`) and each
+    student warmed up by SFT on the protocol's labelled rows (`sft_init_recipe`, the start every distillation
+    method shares), with parameters, training minutes, steps, rows and a score per held-out set (greedy, and
+    "_t1": sampled at temperature 1). Trains what is not cached yet."""
+    from kdlib.experiments import run, run_grid, sft_init_recipe, teacher_config
+
+    parts = []
+    for task in tasks:
+        base = protocol(task)
+        sft = [sft_init_recipe(c) for c in grid(base, smoke, student=students)]
+        report = [run(teacher_config(grid(base, smoke)[0]))] + run_grid(sft)
+        roles = ["teacher"] + ["student (SFT warm-up)"] * len(sft)
+        parts.append(workload_frame(report, roles).assign(task=task))
+    table = pd.concat(parts, ignore_index=True)
+    return table[["task"] + [c for c in table if c != "task"]]
+
+
+def mechanisms_report(tasks: list[str], student: str = "student-s", *, n_rows: int = 200,
+                      smoke: bool = False) -> pd.DataFrame:
+    """What the papers' methods rely on, per task (`kdlib.mechanisms`), on `n_rows` test rows: the teacher's
+    entropy and top-1 agreement with the references, the warmed-up student's exposure gap, and whether the
+    teacher recovers after the student's first slip. Reads the cached teacher and seed-0 warm-up."""
+    from kdlib import mechanisms
+    from kdlib.experiments import load_rows, run_dir, sft_init_recipe, task_metric, teacher_config, trained_model
+
+    out = []
+    for task in tasks:
+        cfg = grid(protocol(task, student=student), smoke)[0]
+        student_model, tok = trained_model(sft_init_recipe(cfg), progress=False)
+        from kdlib.models import load_model
+
+        teacher = load_model(str(run_dir(teacher_config(cfg)) / "model"))
+        rows = load_rows(cfg, "test", 16 if smoke else n_rows)
+        kw = dict(max_new_tokens=cfg.max_new_tokens)
+        own = mechanisms.own_responses(student_model, tok, rows, **kw)  # decoded once for both measurements
+        out.append({"task": task, **mechanisms.teacher_on_references(teacher, tok, rows, **kw),
+                    **mechanisms.exposure_gap(student_model, teacher, tok, rows, own=own, **kw),
+                    **{f"recovery_{k}": v for k, v in mechanisms.teacher_recovery(
+                        student_model, teacher, tok, rows, metric=task_metric(cfg), own=own, **kw).items()}})
+    return pd.DataFrame(out)
+
+
+def quality_diversity_frame(configs: list[RunConfig], temperatures, *, n_rows: int,
+                            n_samples: int = 4) -> pd.DataFrame:
+    """GKD Fig. 4's points: for each trained run (trained first if not cached) and temperature, the mean
+    score of `n_samples` samples per test prompt (first `n_rows` prompts) and their mean self-BLEU; one row
+    per (run, temperature) with the run's divergence label and seed."""
+    from kdlib.evaluate import quality_and_diversity
+    from kdlib.experiments import load_rows, task_metric, trained_model
+
+    points = []
+    for cfg in configs:
+        model, tok = trained_model(cfg)
+        rows = load_rows(cfg, "test", n_rows, tok)
+        for t in temperatures:
+            qd = quality_and_diversity(model, tok, rows, metric=task_metric(cfg), temperature=t,
+                                       n_samples=n_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+            points.append({"divergence": divergence_label(cfg), "seed": cfg.seed, **qd})
+    return pd.DataFrame(points)
+
+
+def reference_scores(configs: list[RunConfig], score: str = "score") -> dict:
+    """The lines a score plot needs: the teacher's score and the warmed-up student's mean over the configs'
+    seeds (both read from the cache, trained if missing), on the first evaluation set."""
+    from kdlib.experiments import run, sft_init_recipe, teacher_config
+
+    warm = [run(sft_init_recipe(c), progress=False)[score] for c in {c.seed: c for c in configs}.values()]
+    return {"teacher": run(teacher_config(configs[0]), progress=False)[score], "warm-up student": sum(warm) / len(warm)}
+
+
+def pair_references(cfg: RunConfig) -> dict:
+    """The lines a comparison of `cfg`'s pair needs, on its first evaluation split: the teacher's score and
+    the starting student's (none for a student trained from scratch). Trained runs (an embedded teacher's
+    recipe, a teacher's fine-tuning, the SFT warm-up) are read from the cache or trained; a model used as
+    loaded is scored once and cached by model, task and evaluation settings."""
+    from kdlib import workload
+    from kdlib.experiments import _named_path, run, score_model, sft_init_recipe, teacher_config
+    from kdlib.names import EMBEDDED_SIZES
+
+    def loaded(name: str) -> float:
+        key = {"model": name, "task": (cfg.user_task.digest if cfg.user_task else cfg.task), "n_eval": cfg.n_eval,
+               "splits": list(cfg.eval_splits), "max_new_tokens": cfg.max_new_tokens, "profile": cfg.profile,
+               "chat_template_from": cfg.chat_template_from}
+        d = workload.cached_dir("scores", key,
+                                lambda dd: score_model(cfg, _named_path(name), out_dir=dd, progress=False))
+        return json.loads((d / "scores.json").read_text())["scores"][cfg.eval_splits[0].split(":", 1)[0]]
+
+    trained_teacher = cfg.teacher in EMBEDDED_SIZES or cfg.teacher_steps > 0  # whatever cfg's method
+    out = {"teacher": run(teacher_config(cfg), progress=False)["score"] if trained_teacher else loaded(cfg.teacher)}
+    if cfg.student_init == "sft":
+        out["starting student"] = run(sft_init_recipe(cfg), progress=False)["score"]
+    elif cfg.student_init == "pretrained":
+        out["starting student"] = loaded(cfg.student)
+    return out
+
+
+def switch_positions(cfg: RunConfig, *, n_rows: int = 256, seed: int = 0) -> pd.DataFrame:
+    """Where `cfg`'s sampler hands over to the teacher, at the start of its distillation: its sampler run with
+    the warmed-up student (`sft_init_recipe`) and the teacher on `n_rows` training prompts past the
+    distillation's own, at the sampling temperature. One row per prompt: switched, position (tokens) and
+    position relative to the response length."""
+    import torch
+
+    from kdlib import samplers
+    from kdlib.data import encode_prompts
+    from kdlib.experiments import load_rows, run_dir, sft_init_recipe, teacher_config, trained_model
+    from kdlib.models import load_model
+
+    student, tok = trained_model(sft_init_recipe(cfg), progress=False)
+    teacher = load_model(str(run_dir(teacher_config(cfg)) / "model"))
+    rows = load_rows(cfg, "train")[cfg.n_train:cfg.n_train + n_rows]
+    r = cfg.resolved
+    sampler = samplers.build_sampler(r["sampler"], **r["sampler_params"])
+    ids, mask = encode_prompts(tok, [row["prompt"] for row in rows])
+    ro = sampler.sample(student, teacher, ids, mask, max_new_tokens=cfg.max_new_tokens,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                        temperature=cfg.sample_temperature, generator=torch.Generator().manual_seed(seed))
+    pos = ro.stats["switch_positions"]
+    length = ro.response_mask.sum(1).clamp_min(1)
+    return pd.DataFrame({"task": cfg.task, "switched": (pos >= 0).numpy(), "position": pos.numpy(),
+                         "relative_position": (pos.clamp_min(0) / length).numpy(),
+                         "teacher_fraction": ro.stats["teacher_fraction"]})
