@@ -14,7 +14,7 @@ help:
 	@echo "make reproduce   run every notebook (PROFILE=embedded|paper, DRY_RUN=1 to list paper runs;"
 	@echo "                 KDLIB_SHIPPED=0 with an empty cache: train the shipped teachers too)"
 	@echo "make test        lint (ruff) + unit tests + every notebook at smallest settings (smoke)"
-	@echo "make bench       speed and memory ratios, measured side by side"
+	@echo "make bench       speed and memory ratios, measured side by side (QUICK=1: headline ratios only)"
 	@echo "make lab         JupyterLab on the project's .venv, notebooks on the kdlib kernel"
 	@echo "make site        the executed notebooks and claims as static HTML in site/ (no execution)"
 	@echo "make clean       remove cached models, data and runs (.cache/)"
@@ -55,11 +55,12 @@ smoke: setup
 reproduce: setup
 	$(PY) -m kdlib.reproduce --profile $(PROFILE) $(if $(filter 1,$(DRY_RUN)),--dry-run,)
 
+# QUICK=1: the headline ratios at smaller sizes (the memory bench is skipped)
 bench: setup
-	$(PY) benchmarks/bench_divergences.py
-	$(PY) benchmarks/bench_samplers.py
-	$(PY) benchmarks/bench_methods.py
-	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_divergences.py $(if $(filter 1,$(QUICK)),--quick,)
+	$(PY) benchmarks/bench_samplers.py $(if $(filter 1,$(QUICK)),--quick,)
+	$(PY) benchmarks/bench_methods.py $(if $(filter 1,$(QUICK)),--quick,)
+	$(if $(filter 1,$(QUICK)),,$(PY) benchmarks/bench_memory.py)
 
 # JupyterLab from the venv, whose kernel "kdlib" (installed into the venv, not the user's home) the notebooks
 # name; --allow-root where the user is root (containers).
