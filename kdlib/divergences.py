@@ -24,6 +24,7 @@ pair; both distributions are renormalised over that prefix. Extra student column
 
 No τ² factor is applied to the loss: the temperature only reshapes both distributions.
 """
+from __future__ import annotations
 
 import math
 import warnings
@@ -349,7 +350,8 @@ def _divergence(name, student_logits, other, params, temperature, chunk_size):
 # Public divergences: (B, T, V) logits in any float dtype -> (B, T) float32 nats.
 
 
-def forward_kl(student_logits, teacher_logits, *, temperature=1.0, chunk_size=None):
+def forward_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0,
+               chunk_size: int | None = None) -> Tensor:
     """Forward KL, KL(p‖q) = Σ_v p(v) (log p(v) − log q(v)), per position (mode covering).
 
     The true KL, not the teacher cross-entropy −Σ p log q (which adds the constant H(p)). Used by
@@ -360,7 +362,8 @@ def forward_kl(student_logits, teacher_logits, *, temperature=1.0, chunk_size=No
     return _divergence("fkl", student_logits, teacher_logits, {}, temperature, chunk_size)
 
 
-def reverse_kl(student_logits, teacher_logits, *, temperature=1.0, chunk_size=None):
+def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0,
+               chunk_size: int | None = None) -> Tensor:
     """Reverse KL, KL(q‖p) = Σ_v q(v) (log q(v) − log p(v)), per position (mode seeking).
 
     On-policy KD's alternative (GKD, Agarwal et al. 2024, §3 and Fig. 6); the β → 1 direction of JSD(β).
@@ -369,7 +372,8 @@ def reverse_kl(student_logits, teacher_logits, *, temperature=1.0, chunk_size=No
     return _divergence("rkl", student_logits, teacher_logits, {}, temperature, chunk_size)
 
 
-def jsd(student_logits, teacher_logits, *, beta=0.5, temperature=1.0, chunk_size=None):
+def jsd(student_logits: Tensor, teacher_logits: Tensor, *, beta: float = 0.5, temperature: float = 1.0,
+        chunk_size: int | None = None) -> Tensor:
     """Generalized Jensen-Shannon divergence of GKD (Agarwal et al. 2024, Eq. 1), per position:
 
         M = β·p + (1 − β)·q,    JSD(β) = β·KL(p‖M) + (1 − β)·KL(q‖M),    0 < β < 1.
@@ -383,7 +387,8 @@ def jsd(student_logits, teacher_logits, *, beta=0.5, temperature=1.0, chunk_size
     return _divergence("jsd", student_logits, teacher_logits, {"beta": beta}, temperature, chunk_size)
 
 
-def tvd(student_logits, teacher_logits, *, temperature=1.0, chunk_size=None):
+def tvd(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0,
+        chunk_size: int | None = None) -> Tensor:
     """Total variation distance, ½ Σ_v |p(v) − q(v)|, per position (in [0, 1]; DistiLLM's TVD option).
 
     student_logits, teacher_logits: (B, T, V); returns (B, T).
@@ -391,7 +396,8 @@ def tvd(student_logits, teacher_logits, *, temperature=1.0, chunk_size=None):
     return _divergence("tvd", student_logits, teacher_logits, {}, temperature, chunk_size)
 
 
-def skew_forward_kl(student_logits, teacher_logits, *, alpha=0.1, temperature=1.0, chunk_size=None):
+def skew_forward_kl(student_logits: Tensor, teacher_logits: Tensor, *, alpha: float = 0.1, temperature: float = 1.0,
+                    chunk_size: int | None = None) -> Tensor:
     """Skew forward KL of DistiLLM (Ko et al. 2024, Eq. 2), per position: KL(p ‖ α·p + (1 − α)·q).
 
     α = 0 is forward_kl; 0 ≤ α < 1. The mixture keeps the value finite where q → 0 (it is ≤ log(1/α)).
@@ -401,7 +407,8 @@ def skew_forward_kl(student_logits, teacher_logits, *, alpha=0.1, temperature=1.
     return _divergence("sfkl", student_logits, teacher_logits, {"alpha": alpha}, temperature, chunk_size)
 
 
-def skew_reverse_kl(student_logits, teacher_logits, *, alpha=0.1, temperature=1.0, chunk_size=None):
+def skew_reverse_kl(student_logits: Tensor, teacher_logits: Tensor, *, alpha: float = 0.1, temperature: float = 1.0,
+                    chunk_size: int | None = None) -> Tensor:
     """Skew reverse KL of DistiLLM (Ko et al. 2024, Eq. 3), per position: KL(q ‖ (1 − α)·p + α·q).
 
     α = 0 is reverse_kl; 0 ≤ α < 1. Shapes (B, T, V) -> (B, T).
@@ -409,7 +416,8 @@ def skew_reverse_kl(student_logits, teacher_logits, *, alpha=0.1, temperature=1.
     return _divergence("srkl", student_logits, teacher_logits, {"alpha": alpha}, temperature, chunk_size)
 
 
-def cross_entropy(student_logits, target_ids, *, temperature=1.0, chunk_size=None):
+def cross_entropy(student_logits: Tensor, target_ids: Tensor, *, temperature: float = 1.0,
+                  chunk_size: int | None = None) -> Tensor:
     """Cross-entropy against given tokens, −log q(y_t), per position (SFT on labels, SeqKD on teacher text).
 
     target_ids (B, T) long, aligned with the logits positions as given; ids < 0 are ignored (value 0,
@@ -440,7 +448,8 @@ def _pick_other(name, teacher_logits, target_ids):
     return given[need]
 
 
-def per_token_loss(name, student_logits, *, teacher_logits=None, target_ids=None, **params):
+def per_token_loss(name: str, student_logits: Tensor, *, teacher_logits: Tensor | None = None,
+                   target_ids: Tensor | None = None, **params) -> Tensor:
     """Dispatch by config name ('fkl', 'rkl', 'jsd', 'tvd', 'sfkl', 'srkl', 'ce') -> (B, T) values.
 
     'ce' takes target_ids and no teacher_logits; every other name takes teacher_logits and no target_ids,
