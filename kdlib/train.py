@@ -80,13 +80,16 @@ def micro_batch_loss_sum(student, teacher, batch: SequenceBatch, cfg: RunConfig,
 
 
 def lr_lambda(cfg: RunConfig):
-    """Linear warm-up, then cosine decay to 10 % of the peak."""
-    def f(step):
-        if step < cfg.warmup_steps:
-            return (step + 1) / (cfg.warmup_steps + 1)
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return f
+    """Linear warm-up over `warmup_steps`, then cosine decay to 10 % of the peak: transformers'
+    `get_cosine_with_min_lr_schedule_with_warmup`, read one step ahead (warm-up and length + 1), so that the
+    first optimizer step already trains at lr / (warm-up + 1) where transformers' own first step has lr 0.
+    Equal, bit for bit, to the closed form kdlib used before (tests/test_train.py)."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # only to obtain the lr factor
+    factor = get_cosine_with_min_lr_schedule_with_warmup(
+        probe, num_warmup_steps=cfg.warmup_steps + 1, num_training_steps=cfg.steps + 1, min_lr_rate=0.1).lr_lambdas[0]
+    return lambda step: factor(step + 1)
 
 
 @dataclass

@@ -547,3 +547,22 @@ def test_report_to_tensorboard_writes_the_loss_curve(tokenizer, arith_rows, tmp_
     loss = acc.Scalars("loss")
     assert [e.step for e in loss] == [1, 2, 3]
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in t.state.metrics])
+
+
+@pytest.mark.parametrize("warmup", [0, 10, 50])
+@pytest.mark.parametrize("steps", [3, 150, 1500])
+def test_the_schedule_is_transformers_cosine_and_equals_kdlibs_closed_form(warmup, steps):
+    """Linear warm-up from lr/(warmup + 1), then cosine to 10 % of the peak; transformers' schedule read one
+    step ahead gives exactly the values of kdlib's earlier closed form (so cached runs stay valid)."""
+    import math
+
+    from kdlib.train import lr_lambda
+
+    def closed_form(step):
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    f = lr_lambda(RunConfig(warmup_steps=warmup, steps=steps))
+    assert [f(i) for i in range(steps)] == [closed_form(i) for i in range(steps)]
