@@ -32,6 +32,7 @@ def make_trainer(tokenizer, arith_rows, tmp_path, sampler, sampler_params, diver
 
 
 @pytest.mark.parametrize("sampler,params,divergence,div_params", [
+    ("adaswitch", {"k": 1.05, "window": 2}, "jsd", {"beta": 0.5}),
     ("adaswitch", {"k": 1.05, "window": 2}, "fkl", {}),
     ("switch", {"tau0": 0.002, "decay": 0.1}, "sfkl", {"alpha": 0.1}),
     ("student", {}, "jsd", {"beta": 0.3}),
