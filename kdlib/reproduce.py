@@ -26,7 +26,7 @@ NOTEBOOKS = ROOT / "notebooks"
 # The order notebooks start in when several run at once: the longest first, and 02 (which reads 01's summ runs)
 # after 01 and 03 (which share none), so that no notebook waits on a run another one is training. Notebooks
 # not named here start last, in name order.
-START_ORDER = ("01_gkd", "03_adaswitch", "02_switch", "00_quickstart", "04_your_pair")
+START_ORDER = ("01_gkd", "03_adaswitch", "02_switch", "00_quickstart", "04_your_pair", "05_trl")
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:

@@ -34,6 +34,7 @@ RESULTS = [
     ("AdaSwitch", "Robustness to the distance", "03_adaswitch", "distance.png"),
     ("AdaSwitch", "Cost per step", "03_adaswitch", "runtime.png"),
     ("—", "Your pair and data: the adaptation workbench", "04_your_pair", "comparison.png"),
+    ("—", "kdlib's AdaSwitch and JSD inside TRL's GKD trainer", "05_trl", "trl_vs_kdlib.png"),
 ]
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
