@@ -92,6 +92,17 @@ def lr_lambda(cfg: RunConfig):
     return lambda step: factor(step + 1)
 
 
+def _own_accelerator_settings(mixed_precision: str) -> None:
+    """accelerate keeps one state per process. Another library's trainer earlier in this process (TRL's GKD
+    trainer runs in bf16 by default) leaves it at other settings, which a new Accelerator refuses to change;
+    like transformers' Trainer, a kdlib run then resets it (the process group, if any, is kept)."""
+    from accelerate.state import AcceleratorState
+
+    current = AcceleratorState._shared_state.get("_mixed_precision")
+    if current is not None and current != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 @dataclass
 class TrainState:
     step: int = 0
@@ -113,6 +124,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log_with = list(log_with or cfg.report_to) or None  # tracker names or GeneralTracker objects
+        if accelerator is None:
+            _own_accelerator_settings(mixed_precision)
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(), log_with=log_with,
                                               mixed_precision=mixed_precision,
                                               project_dir=str(self.run_dir))

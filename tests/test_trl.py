@@ -24,7 +24,7 @@ def make_trainer(tokenizer, arith_rows, tmp_path, sampler, sampler_params, diver
             for r in arith_rows[:8]]
     args = GKDConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, lmbda=1.0, beta=0.5,
                      max_new_tokens=16, temperature=1.0, learning_rate=1e-3, report_to=[], use_cpu=True, seed=0,
-                     save_strategy="no", logging_strategy="no", max_grad_norm=0.0)
+                     save_strategy="no", logging_strategy="no", max_grad_norm=0.0, bf16=False)  # float32, as kdlib
     student, teacher = tiny_llama(tokenizer, 0), tiny_llama(tokenizer, 1, layers=2, hidden=48)
     return KDLibGKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=Dataset.from_list(rows),
                            processing_class=tokenizer, sampler=sampler, sampler_params=sampler_params,
@@ -116,3 +116,21 @@ def test_unknown_names_are_refused_before_trl_builds_anything(tokenizer, arith_r
         make_trainer(tokenizer, arith_rows, tmp_path, "adaswich", {}, "fkl")
     with pytest.raises(ValueError, match="divergence='ce'"):
         make_trainer(tokenizer, arith_rows, tmp_path, "student", {}, "ce")
+
+
+def test_a_kdlib_run_after_a_trl_trainer_in_the_same_process(tokenizer, arith_rows, tmp_path):
+    """TRL's GKDConfig trains in bf16 by default and leaves accelerate's process-wide state so; a kdlib run
+    afterwards (float32 on CPU) sets its own instead of failing."""
+    from accelerate.state import AcceleratorState
+    from test_train import make_trainer as kdlib_trainer
+
+    trainer = make_trainer(tokenizer, arith_rows, tmp_path / "trl", "student", {}, "fkl")
+    trainer.args.bf16 = True
+    AcceleratorState._reset_state()
+    from accelerate import Accelerator
+
+    Accelerator(cpu=True, mixed_precision="bf16")  # what a bf16 TRL trainer leaves behind
+    t = kdlib_trainer(RunConfig(method="sft", batch_size=4, steps=2, max_new_tokens=24), tokenizer, arith_rows,
+                      tmp_path / "kdlib")
+    t.fit()
+    assert t.acc.mixed_precision == "no" and t.state.step == 2
