@@ -134,7 +134,10 @@ class Trainer:
         self.on_eval = on_eval
         torch.manual_seed(cfg.seed)
         if cfg.gradient_checkpointing:  # recompute activations in backward; sampling (eval mode) is unaffected
-            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(student, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name goes in v6
+                student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if getattr(student, "enable_input_require_grads", None) and cfg.lora_rank:
                 student.enable_input_require_grads()  # frozen embeddings + LoRA: keep the graph alive
         trainable = [p for p in student.parameters() if p.requires_grad]  # LoRA: the adapters only
