@@ -1,11 +1,36 @@
-"""Writing files so that a reader never sees half of one, and a full disk names the file (torch-free)."""
+"""Files, torch-free: JSONL read line by line with each problem named by file and line; writes that a reader
+never sees half of, with a full disk naming the file."""
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 from pathlib import Path
 from typing import Iterator
+
+
+def json_lines(path) -> Iterator[tuple[int, dict]]:
+    """(line number counted from 1, object) for every non-blank line of a JSONL file; a line that is not
+    UTF-8, not JSON or not a JSON object raises ValueError naming the file and the line."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: line {i}: not UTF-8 text "
+                                 f"(byte {e.start}: {raw[e.start:e.start + 4]!r})") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {i}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}: line {i}: a JSON object {{...}} per line is expected, "
+                                 f"got {type(obj).__name__}")
+            yield i, obj
 
 
 @contextlib.contextmanager

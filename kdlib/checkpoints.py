@@ -3,8 +3,7 @@
 A checkpoint holds everything the next step depends on: student weights, optimizer, scheduler, the
 step and the metrics so far, and per process the source's generators, data position and replay buffer
 and the global RNGs. It is written to a temporary file and renamed, so an interrupted save never leaves a file a
-later run
-would trust.
+later run would trust.
 """
 from __future__ import annotations
 

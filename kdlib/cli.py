@@ -92,13 +92,11 @@ def _main(argv) -> int:
 
         print(json.dumps(score_model(cfg, args.model, out_dir=args.out, progress=not args.quiet), indent=1))
         return 0
-    from pathlib import Path
-
-    from kdlib.experiments import export_run, run, run_dir
+    from kdlib.experiments import check_export_folder, export_run, run, run_dir
 
     output = getattr(args, "output", None)
-    if output and Path(output).expanduser().exists() and any(Path(output).expanduser().iterdir()):
-        raise FileExistsError(f"--output {output} is not empty; choose a new folder")  # before any training
+    if output:
+        check_export_folder(output)  # before any training
     result = run(cfg, progress=not args.quiet)
     keys = ("method", "task", "student", "score", "train_seconds", "teacher_fraction", "hash")
     model_dir = export_run(cfg, output) if output else run_dir(cfg) / "model"

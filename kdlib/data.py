@@ -48,29 +48,12 @@ def validate_rows(rows, source: str, fields=REQUIRED_FIELDS) -> None:
 def check_jsonl(path) -> int:
     """Read `path` line by line before `datasets` does, so a bad file is named with its line (counted from 1)
     and what is wrong: not UTF-8, not JSON, not an object, or no rows at all. Returns the number of rows."""
-    import json
+    from kdlib._io import json_lines
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset file {path} does not exist")
-    n = 0
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}: line {i}: not UTF-8 text "
-                                 f"(byte {e.start}: {raw[e.start:e.start + 4]!r})") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {i}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}: line {i}: a JSON object {{...}} per line is expected, "
-                                 f"got {type(obj).__name__}")
-            n += 1
+    n = sum(1 for _ in json_lines(path))
     if n == 0:
         raise ValueError(f"{path}: no rows (the file is empty)")
     return n

@@ -619,7 +619,7 @@ def _write_json(path: Path, obj) -> None:
 def trained_model(cfg: RunConfig, progress: bool = True):
     """The student a config trains (running it if not cached) and its tokenizer."""
     run(cfg, progress=progress)
-    return load_model(str(run_dir(cfg) / "model")), resolve_tokenizer(cfg)
+    return load_run(cfg)[:2]
 
 
 def load_run(cfg: RunConfig) -> tuple:
@@ -632,13 +632,19 @@ def load_run(cfg: RunConfig) -> tuple:
     return load_model(str(d / "model")), resolve_tokenizer(cfg), json.loads((d / "result.json").read_text())
 
 
+def check_export_folder(output_dir) -> Path:
+    """`output_dir` as a path, if it is new or empty (FileExistsError otherwise): callable before training."""
+    out = Path(output_dir).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"output folder {out} is not empty; choose a new one")
+    return out
+
+
 def export_run(cfg: RunConfig, output_dir) -> Path:
     """Copy a finished run out of the cache: `save_pretrained` model and tokenizer, and result.json, in
     `output_dir`, loadable with `AutoModelForCausalLM.from_pretrained(output_dir)`. The folder must be
     empty or new, so an export never mixes two runs."""
-    out = Path(output_dir).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"output folder {out} is not empty; choose a new one")
+    out = check_export_folder(output_dir)
     model, tok, result = load_run(cfg)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

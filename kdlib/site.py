@@ -81,8 +81,9 @@ def index_page(out_dir: Path, pages: dict[str, Path]) -> Path:
         img = (f'<a href="{rel(fig)}"><img class="thumb" src="{rel(fig)}" alt="{html.escape(result)}"></a>'
                if fig is not None and fig.exists() else "")
         rows.append(f"<tr><td>{paper}</td><td>{html.escape(result)}</td><td>{link}</td><td>{img}</td></tr>")
-    claims = "".join(f'<h3 id="claims-{nb}">{nb}: claims and verdicts</h3>{_claims(nb)}'
-                     for nb in dict.fromkeys(r[2] for r in RESULTS) if _claims(nb))
+    lists = {nb: _claims(nb) for nb in dict.fromkeys(r[2] for r in RESULTS)}  # each claims.md read once
+    claims = "".join(f'<h3 id="claims-{nb}">{nb}: claims and verdicts</h3>{items}'
+                     for nb, items in lists.items() if items)
     page = out_dir / "index.html"
     page.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>kdlib: the companion</title>
 <style>{STYLE}</style></head><body>

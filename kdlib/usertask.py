@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from kdlib._io import json_lines
 
 METRICS = ("rougeL", "exact", "accuracy")
 KEYS = ("name", "metric", "prompt_field", "response_field", "answer_field", "answer_pattern")
@@ -116,21 +117,8 @@ def _options(folder: Path) -> dict:
 @functools.lru_cache(maxsize=16)
 def _read(task: UserTask, split: str) -> tuple:
     path = Path(task.path) / f"{split}.jsonl"
-    rows = []
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            where = f"{path}: line {i}"
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{where}: not UTF-8 text (byte {e.start})") from None
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: a JSON object {{...}} per line is expected, got {type(obj).__name__}")
-            rows.append(_row(task, obj, where, f"{task.name}-{split}-{len(rows)}"))
+    rows = [_row(task, obj, f"{path}: line {i}", f"{task.name}-{split}-{n}")
+            for n, (i, obj) in enumerate(json_lines(path))]
     if not rows:
         raise ValueError(f"{path}: no rows")
     return tuple(rows)
