@@ -106,6 +106,10 @@ class RunConfig:
     """Held-out rows scored at the end (and at every eval_every)."""
     eval_every: int = 0
     """Score on n_eval held-out rows every this many steps (0 = only at the end)."""
+    select_checkpoint: str = "final"
+    """Which weights a run keeps and scores: 'final', the last step's (GKD, AdaSwitch); 'validation', those
+    with the best greedy score on held-out validation rows among every eval_every-th step and the last (the
+    MiniLLM / DistiLLM protocol that SWITCH's table follows). Never selected on the test rows."""
     eval_splits: tuple = ("test",)
     """Splits scored at the end: test, and plus (arith's perturbed split)."""
     seed: int = 0
@@ -196,6 +200,12 @@ class RunConfig:
         if r["source"] == "distillm" and self.eval_every < 1:
             raise ValueError("source='distillm' adapts its student-output probability to the validation loss "
                              "measured every eval_every steps: set eval_every >= 1 (e.g. eval_every=25)")
+        if self.select_checkpoint not in ("final", "validation"):
+            raise ValueError(f"select_checkpoint={self.select_checkpoint!r}: choose 'final' (the last step's "
+                             "weights) or 'validation' (the best on held-out validation rows)")
+        if self.select_checkpoint == "validation" and self.eval_every < 1:
+            raise ValueError("select_checkpoint='validation' chooses among the weights of every eval_every-th step: "
+                             "set eval_every >= 1 (e.g. eval_every=50)")
         _positive(self, "steps", "batch_size", "lr", "max_new_tokens", "n_train", "n_eval")
         _non_negative(self, "warmup_steps", "weight_decay", "max_grad_norm", "sample_temperature",
                       "micro_batch_size", "eval_every", "chunk_size", "checkpoint_every",
@@ -257,6 +267,8 @@ class RunConfig:
         if self.resolved["source"] == "distillm":  # its schedule reacts to the evaluations
             d["eval_every"] = self.eval_every
             d["distillm_schedule"] = 2  # 2: the authors' loss-margin rule, validation loss, decaying replay
+        if self.select_checkpoint == "validation":  # the evaluated steps are the candidates
+            d["eval_every"] = self.eval_every
         d.update(_upstream_hashes(self))
         task = self.user_task
         if task is not None:  # your own data: its name and content, wherever the folder lies
@@ -311,7 +323,7 @@ class RunConfig:
 # Fields added after runs were first cached: left out of the hash while at their default, so that an
 # upgrade keeps every existing cache entry (trained teachers, finished runs) valid.
 ADDED_FIELDS = ("teacher_sft", "data_dir", "chat_template_from", "gradient_checkpointing", "n_labelled",
-                "sft_init_steps")
+                "sft_init_steps", "select_checkpoint")
 
 
 def _defaults() -> dict:

@@ -19,7 +19,7 @@ import torch
 
 from kdlib import checkpoints, usertask, workload
 from kdlib._env import env_flag
-from kdlib._io import atomic_write_text, writing
+from kdlib._io import atomic_path, atomic_write_text, writing
 from kdlib.config import RunConfig
 from kdlib.models import EMBEDDED_SIZES, build_llama, keep_freed_memory, load_model, n_params, pick_device_dtype
 from kdlib.sources import build_source
@@ -324,7 +324,8 @@ def _train_and_score(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) ->
     curve_rows = load_rows(cfg, cfg.eval_splits[0], cfg.n_eval, tok)
     for split in cfg.eval_splits[1:]:  # every evaluation set is readable before the first step, not after training
         load_rows(cfg, split, 1, tok)
-    val_rows = validation_rows(cfg, tok) if r["source"] == "distillm" else None
+    val_rows = validation_rows(cfg, tok) if r["source"] == "distillm" or cfg.select_checkpoint == "validation" \
+        else None
     trainer = Trainer(cfg, student=student, teacher=teacher, tokenizer=tok, source=source,
                       mixed_precision="bf16" if dtype == torch.bfloat16 else "no",
                       sampler=sampler, run_dir=d, progress=progress,
@@ -335,6 +336,8 @@ def _train_and_score(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) ->
     elif val_rows:  # DistiLLM: the reference validation loss, before any update (as the authors' code)
         source.report_validation(ev.validation_loss(student, tok, val_rows, max_new_tokens=cfg.max_new_tokens))
     trainer.fit()
+    if cfg.select_checkpoint == "validation":
+        _keep_selected(trainer, val_rows)
     # the full weights, gathered by accelerate on every rank (FSDP shards them); LoRA merges them itself
     state = None if cfg.lora_rank else trainer.acc.get_state_dict(trainer.student)
     if trainer.acc.is_main_process:  # one writer: the model, the predictions and result.json
@@ -408,6 +411,7 @@ def _score_and_write(cfg: RunConfig, d: Path, model, tok, trained: dict, t_score
         "student_forwards": trained["forwards"]["student"],
         "teacher_fraction": _mean(m["teacher_fraction"] for m in metrics if m["source"] == "sampler"),
         "final_loss": metrics[-1]["loss"] if metrics else float("nan"),
+        "selected_step": next((m["step"] for m in metrics if m.get("selected")), trained["step"]),
         "curve": metrics,
         "provenance": provenance(device, dtype),
     }
@@ -473,7 +477,56 @@ def _eval_during_training(trainer, rows, validation_rows=None) -> None:
         val = ev.validation_loss(model, trainer.tokenizer, validation_rows, max_new_tokens=cfg.max_new_tokens)
         trainer.source.report_validation(val)
         trainer.state.metrics[-1].update(validation_loss=val, student_output_probability=trainer.source.fraction)
+    if cfg.select_checkpoint == "validation":
+        _validate_candidate(trainer, validation_rows)
     model.train()
+
+
+# select_checkpoint="validation": the best weights so far live in the run folder (not only in memory), so a
+# run resumed after a kill still has them; a resumed run re-evaluates the same weights to the same score.
+SELECTED = "selected-weights.pt"
+
+
+def _validate_candidate(trainer, rows: list[dict]) -> None:
+    """Score the current weights greedily on the validation rows; keep them if no earlier step scored as
+    high (the earliest of equal scores wins)."""
+    model = trainer.acc.unwrap_model(trainer.student)
+    score = _validation_score(trainer, rows)
+    earlier = [m["validation_score"] for m in trainer.state.metrics[:-1] if "validation_score" in m]
+    trainer.state.metrics[-1]["validation_score"] = score
+    if trainer.acc.is_main_process and (not earlier or score > max(earlier)):
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        with atomic_path(trainer.run_dir / SELECTED) as tmp:
+            torch.save({"step": trainer.state.step, "weights": weights}, tmp)
+    model.train()
+
+
+def _validation_score(trainer, rows: list[dict]) -> float:
+    """The student's greedy score on the validation rows, with the task's metric."""
+    from kdlib import evaluate as ev
+
+    cfg = trainer.cfg
+    return ev.evaluate(trainer.acc.unwrap_model(trainer.student), trainer.tokenizer, rows,
+                       metric=task_metric(cfg, "train"), max_new_tokens=cfg.max_new_tokens)["score"]
+
+
+def _keep_selected(trainer, rows: list[dict]) -> None:
+    """After training: score the last step's weights on validation if its step was not an evaluation step,
+    then load the best-scoring weights (which the run saves and scores); record the chosen step."""
+    metrics = trainer.state.metrics
+    if "validation_score" not in metrics[-1]:
+        _validate_candidate(trainer, rows)
+    scored = [(m["validation_score"], -m["step"]) for m in metrics if "validation_score" in m]
+    best_step = -max(scored)[1]
+    if best_step != trainer.state.step:
+        saved = torch.load(trainer.run_dir / SELECTED, map_location="cpu", weights_only=True)
+        if saved["step"] != best_step:
+            raise RuntimeError(f"{trainer.run_dir / SELECTED} holds step {saved['step']}, but validation chose step "
+                               f"{best_step}; delete the run folder and train it again")
+        trainer.acc.unwrap_model(trainer.student).load_state_dict(saved["weights"])
+    for m in metrics:
+        if "validation_score" in m:
+            m["selected"] = m["step"] == best_step
 
 
 def validation_rows(cfg: RunConfig, tok=None) -> list[dict]:

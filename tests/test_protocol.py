@@ -122,3 +122,57 @@ def test_distillm_schedule_fires_when_its_labelled_half_overfits(tmp_path, monke
     fractions = [m["student_output_probability"] for m in curve if "student_output_probability" in m]
     assert fractions[-1] > 0.0 and fractions == sorted(fractions)  # it only ever rises
     assert any(m["source"] in ("sampler", "replay") for m in curve)
+
+
+def _selection_run(tmp_path, monkeypatch, scores: dict, **over):
+    """A tiny run selecting on validation, whose validation scores per step are `scores`; returns its result,
+    the weights each candidate had when it was scored, and the saved model's weights."""
+    from transformers import AutoModelForCausalLM
+
+    cache_sharing_task_data(tmp_path / "cache")
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
+    seen = {}
+
+    def fake_score(trainer, rows):
+        assert rows and all("response" in r for r in rows)  # the validation rows, not the test set
+        model = trainer.acc.unwrap_model(trainer.student)
+        seen[trainer.state.step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return scores[trainer.state.step]
+
+    monkeypatch.setattr(experiments, "_validation_score", fake_score)
+    cfg = RunConfig(**{**dict(method="sft", task="summ", student="tiny", teacher="tiny", teacher_steps=3, steps=4,
+                              batch_size=4, n_train=32, n_eval=6, max_new_tokens=16, eval_splits=("test",),
+                              lr=0.05, eval_every=1, select_checkpoint="validation"), **over})
+    result = experiments.run(cfg, progress=False)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "cache" / "runs" / result["hash"] / "model")
+    return result, seen, saved.state_dict()
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in b if k in a)
+
+
+def test_validation_selection_keeps_and_scores_the_best_step(tmp_path, monkeypatch):
+    result, seen, saved = _selection_run(tmp_path, monkeypatch, {1: 0.3, 2: 0.9, 3: 0.9, 4: 0.1})
+    assert result["selected_step"] == 2  # the earliest of the equal best scores
+    assert _same(saved, seen[2]) and not _same(saved, seen[4])  # the kept weights are step 2's, not the last
+    assert [m["selected"] for m in result["curve"]] == [False, True, False, False]
+    assert [m["validation_score"] for m in result["curve"]] == [0.3, 0.9, 0.9, 0.1]
+
+
+def test_validation_selection_also_weighs_the_last_step(tmp_path, monkeypatch):
+    # steps 5, eval_every 2: the candidates are steps 2, 4 and the last one, 5
+    result, seen, saved = _selection_run(tmp_path, monkeypatch, {2: 0.4, 4: 0.2, 5: 0.6}, steps=5, eval_every=2)
+    assert sorted(seen) == [2, 4, 5] and result["selected_step"] == 5 and _same(saved, seen[5])
+
+
+def test_select_checkpoint_is_checked_and_part_of_the_cache_key():
+    base = dict(method="gkd", task="summ", student="tiny", teacher="tiny", teacher_steps=3, steps=4)
+    with pytest.raises(ValueError, match="select_checkpoint='best'"):
+        RunConfig(**base, select_checkpoint="best")
+    with pytest.raises(ValueError, match="set eval_every >= 1"):
+        RunConfig(**base, select_checkpoint="validation")
+    final, by_val = RunConfig(**base), RunConfig(**base, select_checkpoint="validation", eval_every=2)
+    assert final.hash() == RunConfig(**base, eval_every=2).hash()  # the curve alone changes no result
+    assert by_val.hash() != final.hash()
+    assert by_val.hash() != RunConfig(**base, select_checkpoint="validation", eval_every=1).hash()
