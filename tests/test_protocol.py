@@ -124,9 +124,10 @@ def test_distillm_schedule_fires_when_its_labelled_half_overfits(tmp_path, monke
     assert any(m["source"] in ("sampler", "replay") for m in curve)
 
 
-def _selection_run(tmp_path, monkeypatch, scores: dict, **over):
+def _selection_run(tmp_path, monkeypatch, scores: dict, kill_at: int = 0, **over):
     """A tiny run selecting on validation, whose validation scores per step are `scores`; returns its result,
-    the weights each candidate had when it was scored, and the saved model's weights."""
+    the weights each candidate had when it was scored, and the saved model's weights. `kill_at`: the run
+    is interrupted while step kill_at is being evaluated (before its checkpoint), then run again."""
     from transformers import AutoModelForCausalLM
 
     cache_sharing_task_data(tmp_path / "cache")
@@ -137,12 +138,19 @@ def _selection_run(tmp_path, monkeypatch, scores: dict, **over):
         assert rows and all("response" in r for r in rows)  # the validation rows, not the test set
         model = trainer.acc.unwrap_model(trainer.student)
         seen[trainer.state.step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        seen.setdefault("calls", []).append(trainer.state.step)
+        if trainer.state.step == kill_at and not seen.get("killed"):
+            seen["killed"] = True
+            raise KeyboardInterrupt
         return scores[trainer.state.step]
 
     monkeypatch.setattr(experiments, "_validation_score", fake_score)
     cfg = RunConfig(**{**dict(method="sft", task="summ", student="tiny", teacher="tiny", teacher_steps=3, steps=4,
                               batch_size=4, n_train=32, n_eval=6, max_new_tokens=16, eval_splits=("test",),
                               lr=0.05, eval_every=1, select_checkpoint="validation"), **over})
+    if kill_at:
+        with pytest.raises(KeyboardInterrupt):
+            experiments.run(cfg, progress=False)
     result = experiments.run(cfg, progress=False)
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "cache" / "runs" / result["hash"] / "model")
     return result, seen, saved.state_dict()
@@ -160,10 +168,21 @@ def test_validation_selection_keeps_and_scores_the_best_step(tmp_path, monkeypat
     assert [m["validation_score"] for m in result["curve"]] == [0.3, 0.9, 0.9, 0.1]
 
 
+def test_validation_selection_survives_an_interrupted_run(tmp_path, monkeypatch):
+    """Killed while step 3 is evaluated, after step 2 was kept and checkpointed: the resumed run re-trains
+    step 3 from the step-2 checkpoint and still keeps step 2's weights, the same as a run never stopped."""
+    scores = {1: 0.3, 2: 0.9, 3: 0.5, 4: 0.1}
+    whole, _, whole_saved = _selection_run(tmp_path / "whole", monkeypatch, scores, checkpoint_every=1)
+    result, seen, saved = _selection_run(tmp_path / "killed", monkeypatch, scores, kill_at=3, checkpoint_every=1)
+    assert seen["calls"] == [1, 2, 3, 3, 4]  # resumed from the step-2 checkpoint: steps 1, 2 not evaluated again
+    assert result["selected_step"] == whole["selected_step"] == 2
+    assert _same(saved, whole_saved) and _same(saved, seen[2])
+
+
 def test_validation_selection_also_weighs_the_last_step(tmp_path, monkeypatch):
     # steps 5, eval_every 2: the candidates are steps 2, 4 and the last one, 5
     result, seen, saved = _selection_run(tmp_path, monkeypatch, {2: 0.4, 4: 0.2, 5: 0.6}, steps=5, eval_every=2)
-    assert sorted(seen) == [2, 4, 5] and result["selected_step"] == 5 and _same(saved, seen[5])
+    assert seen["calls"] == [2, 4, 5] and result["selected_step"] == 5 and _same(saved, seen[5])
 
 
 def test_select_checkpoint_is_checked_and_part_of_the_cache_key():

@@ -17,6 +17,14 @@ One step t (t counted from 0 inside the response):
 
 Teacher and student logits may differ in width inside one tokenizer family (Qwen2.5: 152064 vs 151936):
 decisions and draws use the shared id prefix [:, :min(Vs, Vt)], renormalised (as `kdlib.divergences`).
+
+Draft-and-verify (`block` = k > 1, `_decode_blocks`): one round per row and block instead of one step.
+    the student feeds the row's last emitted token, then drafts y_0 … y_{k-1} ~ q on its own cache
+    the teacher reads [last emitted token, y_0 … y_{k-2}] in ONE forward: p_0 … p_{k-1}
+    the rule runs position by position (the same `decide`, the same untempered q_j, p_j); at a row's first
+    teacher position j the row gets y_t ~ p_j and its round ends; each row keeps its own length
+Rejected drafts stay in both caches with attention mask 0 on their columns, and later tokens get explicit
+position ids that continue the row's real count, so every kept token sees exactly its row's real prefix.
 """
 from __future__ import annotations
 
@@ -48,10 +56,12 @@ class Rollout:
     ran; values after a row's EOS are not meaningful (masked by response_mask)."""
     stats: dict = field(default_factory=dict)
     """teacher_fraction (float), switch_positions ((B,) long: first teacher position in the response, or
-    -1), switched ((B,) bool, adaswitch only), teacher_forwards / student_forwards (forward calls),
-    new_tokens (response tokens incl. EOS), seconds (wall time), prefill_seconds and step_seconds (list,
-    one wall time per decoding step: what `benchmarks/bench_samplers.py` compares step by step; on CUDA
-    they are host times of asynchronous launches, only their sum is meaningful)."""
+    -1), switched ((B,) bool, adaswitch only), teacher_forwards / student_forwards (forward calls; a
+    block of drafted tokens read at once is one call), student_row_steps ((B,) long: the student's
+    decoding forwards that included the row, prefill not counted), new_tokens (response tokens incl. EOS),
+    seconds (wall time), prefill_seconds and step_seconds (list, one wall time per decoding step, or per
+    round of draft-and-verify: what `benchmarks/bench_samplers.py` compares step by step; on CUDA they are
+    host times of asynchronous launches, only their sum is meaningful)."""
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -126,6 +136,24 @@ class _CachedModel:
         self.cache, self.logits = _cache_of(out), out.logits[:, -1]  # (B, V)
         self.forwards += 1
 
+    def read(self, tokens: Tensor, attention_mask: Tensor, positions: Tensor) -> Tensor:
+        """Feed a block of tokens (B, w) in one forward; the logits after each, (B, w, V)."""
+        out = self.model(input_ids=tokens, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                         **{self._cache_arg: self.cache})
+        self.cache, self.logits = _cache_of(out), out.logits[:, -1]
+        self.forwards += 1
+        return out.logits
+
+    def keep_rows(self, index: Tensor) -> None:
+        """Keep only the batch rows `index` (positions in the current batch) in the cache and the logits."""
+        self.cache.batch_select_indices(index)
+        self.logits = self.logits[index]
+
+    def drop_columns(self, n: int) -> None:
+        """Forget the last `n` cache columns (drafts no row kept). crop(-n) removes n columns in every
+        transformers release that has DynamicCache (a positive argument means a length only in 4.x)."""
+        self.cache.crop(-n)
+
 
 def _cache_argument(model) -> str:
     """The forward's name for the KV cache: `cache` (transformers >= 5.2x; `past_key_values` is deprecated
@@ -155,22 +183,29 @@ class Sampler:
     name = "?"
     uses_student = True
     uses_teacher = True
+    block = 1
+    """Draft-and-verify block: tokens the student drafts per teacher forward (1 = the lockstep decoder)."""
 
     def init_state(self, batch_size: int, device) -> object:
         """Per-rollout state of the rule (e.g. AdaSwitch's window of distances)."""
         return None
 
-    def decide(self, t: int, student_logits: Tensor, teacher_logits: Tensor, student_token: Tensor,
-               state) -> Tensor:
+    def decide(self, t: int | Tensor, student_logits: Tensor, teacher_logits: Tensor, student_token: Tensor,
+               state, active: Optional[Tensor] = None) -> Tensor:
         """(B,) bool: True where the teacher emits token t. `student_logits` and `teacher_logits` are the
         untempered log-probabilities log q_t and log p_t (log_softmax over the shared id prefix, float32,
         (B, V)), so a rule may skip its own normalisation (`step_distance(..., log_probs=True)`); any rule
-        written for raw logits still works on them, since softmax(log_softmax(z)) = softmax(z)."""
+        written for raw logits still works on them, since softmax(log_softmax(z)) = softmax(z).
+
+        `t` is an int in the lockstep decoder (every row at the same response position) and a (B,) long
+        tensor under draft-and-verify (each row at its own). `active` ((B,) bool; None = every row) marks
+        the rows whose position t is real: a rule with state must advance only those."""
         raise NotImplementedError
 
-    def student_still_needed(self, state, alive: Tensor) -> bool:
-        """False once no live row can get a student token again (lets the loop drop the student)."""
-        return True
+    def student_rows(self, state) -> Optional[Tensor]:
+        """(B,) bool: the rows that may still get a student token; the decoders drop the others (and ended
+        rows with them) from the student's batch. None, the default: every row, always."""
+        return None
 
     def sample(self, student, teacher, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
                eos_token_id: EosIds | str = "model", pad_token_id: int | str = "model",
@@ -189,12 +224,13 @@ class Sampler:
                       top_k)
         eos_token_id, pad_token_id = _special_ids(student if self.uses_student else teacher, eos_token_id,
                                                   pad_token_id)
+        kw = dict(max_new_tokens=max_new_tokens, eos=eos_token_id, pad=pad_token_id,
+                  draw=partial(draw_tokens, generator=generator, temperature=temperature, top_p=top_p, top_k=top_k),
+                  keep_teacher_logits=return_teacher_logits)
         with _eval_mode(student, teacher), torch.no_grad():  # no_grad, not inference_mode: the rollout
-            return _decode(self, student, teacher, prompt_ids, prompt_mask,  # feeds autograd later
-                           max_new_tokens=max_new_tokens, eos=eos_token_id, pad=pad_token_id,
-                           draw=partial(draw_tokens, generator=generator, temperature=temperature,
-                                        top_p=top_p, top_k=top_k),
-                           keep_teacher_logits=return_teacher_logits)
+            if self.block == 1:  # feeds autograd later
+                return _decode(self, student, teacher, prompt_ids, prompt_mask, **kw)
+            return _decode_blocks(self, student, teacher, prompt_ids, prompt_mask, block=self.block, **kw)
 
     def __repr__(self):
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -236,6 +272,9 @@ def _check_inputs(sampler, student, teacher, ids, mask, max_new_tokens, temperat
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
     if not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"top_k (drawing filter) must be an int >= 0 (0 = off), got {top_k!r}")
+    block = sampler.block
+    if not isinstance(block, int) or isinstance(block, bool) or block < 1:
+        raise ValueError(f"sampler {sampler.name!r}: block={block!r} must be an int >= 1 (1 = lockstep)")
     m = mask.long()
     if not bool((m[:, 1:] >= m[:, :-1]).all() & (m[:, -1] == 1).all()):
         raise ValueError("prompts must be left-padded (mask 0…0 1…1, ending in a real token); "
@@ -275,6 +314,8 @@ def _decode(policy: Sampler, student, teacher, prompt_ids, prompt_mask, *, max_n
         t_logits_buf = t_model.logits.new_empty((B, N, t_model.logits.shape[-1]))  # (B, N, Vt)
     width = min(m.logits.shape[-1] for m in (s, t_model) if m is not None)  # shared id prefix
     state = policy.init_state(B, device)
+    rows = None  # the student's batch rows (ids), None = all B
+    row_steps = torch.zeros(B, dtype=torch.long, device=device)
 
     run_student, n = s is not None, N
     for t in range(N):
@@ -285,8 +326,11 @@ def _decode(policy: Sampler, student, teacher, prompt_ids, prompt_mask, *, max_n
         elif t_model is None:  # student sampler: the teacher never runs
             token, emits = draw(s.logits), torch.zeros_like(alive)
         else:
+            q = s.logits[:, :width]
+            if rows is not None:  # rows the student let go read as the teacher: the rule sends them to it
+                q = t_model.logits[:, :width].index_copy(0, rows, q)
             # one normalisation of both (2B, V) untempered rows serves the draw and the rule
-            log_qp = torch.cat([s.logits[:, :width], t_model.logits[:, :width]]).float().log_softmax(-1)
+            log_qp = torch.cat([q, t_model.logits[:, :width]]).float().log_softmax(-1)
             y = draw(log_qp, log_probs=True)  # one call draws both proposals, (2B,)
             y_student, y_teacher = y[:B], y[B:]
             emits = policy.decide(t, log_qp[:B], log_qp[B:], y_student, state)
@@ -303,11 +347,17 @@ def _decode(policy: Sampler, student, teacher, prompt_ids, prompt_mask, *, max_n
             if not bool(alive.any()):
                 n = t + 1
                 break
-            if run_student and t_model is not None and not policy.student_still_needed(state, alive):
-                run_student = False
+            if run_student and t_model is not None:
+                rows = _let_go(policy, state, alive, s, rows)
+                run_student = rows is None or len(rows) > 0
         step_mask, step_pos = mask[:, :P + t + 1], first_pos + t
         if run_student:
-            s.step(token, step_mask, step_pos)
+            if rows is None:
+                s.step(token, step_mask, step_pos)
+                row_steps += 1
+            else:
+                s.step(token[rows], step_mask[rows], step_pos[rows])
+                row_steps[rows] += 1
         if t_model is not None:
             t_model.step(token, step_mask, step_pos)
         now = time.perf_counter()
@@ -315,12 +365,152 @@ def _decode(policy: Sampler, student, teacher, prompt_ids, prompt_mask, *, max_n
         tick = now
     laps.append(time.perf_counter() - tick)  # the last step: draw and bookkeeping, no forward
 
-    rollout = _finish(policy, ids, mask, response, from_teacher, t_logits_buf, P, n, s, t_model, start)
+    rollout = _finish(policy, ids, mask, response, from_teacher, t_logits_buf, P, n, s, t_model, row_steps, start)
     rollout.stats["prefill_seconds"], rollout.stats["step_seconds"] = laps[0], laps[1:]
     return rollout
 
 
-def _finish(policy, ids, mask, response, from_teacher, t_logits, P, n, s, t_model, start) -> Rollout:
+def _let_go(policy: Sampler, state, alive: Tensor, s: _CachedModel, rows: Optional[Tensor]) -> Optional[Tensor]:
+    """The student's batch rows after dropping those the policy no longer needs (and ended rows with them):
+    `rows` holds the batch's row ids (None = all B rows, in order); the student's cache follows. An empty
+    tensor once no row is left."""
+    need = policy.student_rows(state)
+    if need is None:
+        return rows
+    current = rows if rows is not None else torch.arange(len(need), device=need.device)
+    keep = (need & alive)[current]
+    if bool(keep.all()):
+        return rows
+    index = keep.nonzero().squeeze(1)
+    if len(index):
+        s.keep_rows(index)
+    return current[index]
+
+
+def _decode_blocks(policy: Sampler, student, teacher, prompt_ids, prompt_mask, *, block, max_new_tokens, eos,
+                   pad, draw, keep_teacher_logits) -> Rollout:
+    """Draft-and-verify (module docstring): rounds of k = `block` drafted tokens, one teacher forward each.
+
+    Both caches gain the same columns each round, [last emitted token, y_0 … y_{k-2}] (without the first
+    in round one, whose q_0 and p_0 come from the prefill), and drop trailing columns no row kept.
+    Response tokens go straight to their row's own positions (a spare column N takes the writes of rows
+    with nothing to write, so no position needs a host sync): that is already the Rollout layout."""
+    start = time.perf_counter()
+    B, P = prompt_ids.shape
+    N, k, device = max_new_tokens, block, prompt_ids.device
+    at = torch.arange(B, device=device)
+    out_ids = prompt_ids.new_full((B, N + 1), pad)
+    from_teacher = torch.zeros((B, N + 1), dtype=torch.bool, device=device)
+    count = torch.zeros(B, dtype=torch.long, device=device)  # response tokens emitted per row
+    alive = torch.ones(B, dtype=torch.bool, device=device)
+    first_pos = prompt_mask.long().sum(1)  # (B,) position id of response token 0
+    # a round adds at most k columns and gives every live row >= 1 token, so N rounds at most
+    cache_mask = torch.zeros((B, P + N * k), dtype=torch.long, device=device)
+    cache_mask[:, :P] = prompt_mask
+    cols = P
+
+    s = _CachedModel(student, prompt_ids, prompt_mask)
+    t_model = _CachedModel(teacher, prompt_ids, prompt_mask)
+    p_first = t_model.logits  # the prefill's p for response position 0
+    tick = time.perf_counter()
+    laps = [tick - start]  # prefill, then one wall time per round
+    t_logits_buf = None
+    if keep_teacher_logits:
+        t_logits_buf = t_model.logits.new_empty((B, N + 1, t_model.logits.shape[-1]))
+    width = min(s.logits.shape[-1], t_model.logits.shape[-1])
+    state = policy.init_state(B, device)
+    rows = None  # the student's batch rows (ids), None = all B; empty once the student has stopped
+    row_steps = torch.zeros(B, dtype=torch.long, device=device)
+    last = torch.full_like(count, pad)  # each row's last emitted token, in neither cache yet
+    lead = 0  # 1 from round two on: the last emitted token opens the round's columns
+
+    while bool(alive.any()):
+        student_on = rows is None or len(rows) > 0
+        sr = rows if rows is not None else slice(None)
+        drafting = alive if rows is None else torch.zeros_like(alive).index_fill_(0, rows, True) & alive
+        w = lead + (k - 1 if student_on else 0)  # the round's new cache columns
+        if lead:
+            cache_mask[:, cols] = alive
+        cache_mask[:, cols + lead:cols + w] = drafting[:, None]  # until the rule rejects them
+        positions = first_pos[:, None] + count[:, None] - lead + torch.arange(w, device=device)  # (B, w)
+
+        # the student reads the last token, then drafts k tokens from its own q
+        y_s = torch.zeros((B, k), dtype=out_ids.dtype, device=device)  # any id: rows without drafts ignore it
+        log_q = []
+        if student_on:
+            if lead:
+                s.step(last[sr], cache_mask[sr, :cols + 1], positions[sr, 0])
+                row_steps[sr] += 1
+            drafts = []
+            for j in range(k):
+                log_q.append(s.logits[:, :width].float().log_softmax(-1))
+                drafts.append(draw(log_q[j], log_probs=True))
+                if j < k - 1:
+                    c = lead + j  # the draft's column in this round
+                    s.step(drafts[j], cache_mask[sr, :cols + c + 1], positions[sr, c])
+                    row_steps[sr] += 1
+            y_s[sr] = torch.stack(drafts, 1)
+        # the teacher reads the round's columns in one forward: p for every position the round decides
+        t_in = torch.cat([last[:, None], y_s[:, :w - 1]], 1) if lead else y_s[:, :w]
+        p_raw = t_model.read(t_in, cache_mask[:, :cols + w], positions)  # (B, w, Vt)
+        if not lead:
+            p_raw = torch.cat([p_first[:, None], p_raw], 1)
+        kk = p_raw.shape[1]  # k, or 1 once the student has stopped
+        log_p = p_raw[..., :width].float().log_softmax(-1)  # (B, kk, V), shared by draw and rule
+        y_t = draw(log_p.reshape(B * kk, width), log_probs=True).view(B, kk)
+        log_q_all = log_p.clone()  # rows without drafts read as the teacher; the rule gives them its token
+        if student_on:
+            log_q_all[sr] = torch.stack(log_q, 1)
+
+        # the rule, position by position; a row's round ends at its first teacher token or its EOS
+        kept = torch.zeros((B, w - lead), dtype=torch.long, device=device)
+        going, emitted = alive, torch.zeros_like(count)
+        for j in range(kk):
+            active = going & (count + j < N)
+            if not bool(active.any()):
+                break
+            emits = policy.decide(count + j, log_q_all[:, j], log_p[:, j], y_s[:, j], state, active=active)
+            emits = emits | ~drafting
+            token = torch.where(emits, y_t[:, j], y_s[:, j])
+            slot = torch.where(active, count + j, N)
+            out_ids[at, slot] = torch.where(active, token, pad)
+            from_teacher[at, slot] = emits & active
+            if t_logits_buf is not None:
+                t_logits_buf[at, slot] = p_raw[:, j]
+            if j < w - lead:
+                kept[:, j] = active & ~emits
+            last = torch.where(active, token, last)
+            emitted += active
+            ended = active & _is_eos(token, eos)
+            alive = alive & ~ended
+            going = active & ~emits & ~ended
+        cache_mask[:, cols + lead:cols + w] = kept
+        count = count + emitted
+        alive = alive & (count < N)
+        # columns no row kept at the end of the round leave both caches
+        unused = int((cache_mask[:, cols:cols + w].any(0).flip(0).cumsum(0) == 0).sum())
+        if unused:
+            t_model.drop_columns(unused)
+            if student_on:
+                s.drop_columns(unused)
+        cols += w - unused
+        if student_on:
+            rows = _let_go(policy, state, alive, s, rows)
+        lead = 1
+        now = time.perf_counter()
+        laps.append(now - tick)
+        tick = now
+
+    ids = torch.cat([prompt_ids, out_ids[:, :N]], 1)
+    response = torch.arange(N, device=device) < count[:, None]
+    mask = torch.cat([prompt_mask.long(), response.long()], 1)
+    rollout = _finish(policy, ids, mask, response, from_teacher[:, :N],
+                      None if t_logits_buf is None else t_logits_buf[:, :N], P, N, s, t_model, row_steps, start)
+    rollout.stats["prefill_seconds"], rollout.stats["step_seconds"] = laps[0], laps[1:]
+    return rollout
+
+
+def _finish(policy, ids, mask, response, from_teacher, t_logits, P, n, s, t_model, row_steps, start) -> Rollout:
     """Trim to the longest response, build the (B, P+N) masks and the stats."""
     n = min(n, int(response.sum(1).max()))  # with check_every > 1, trailing all-pad columns
     response, from_teacher = response[:, :n], from_teacher[:, :n]
@@ -332,6 +522,7 @@ def _finish(policy, ids, mask, response, from_teacher, t_logits, P, n, s, t_mode
         "switch_positions": first_teacher.long().cpu(),
         "teacher_forwards": t_model.forwards if t_model is not None else 0,
         "student_forwards": s.forwards if s is not None else 0,
+        "student_row_steps": row_steps.cpu(),
         "new_tokens": n_tokens,
     }
     if policy.name == "adaswitch":

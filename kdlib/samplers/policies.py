@@ -56,7 +56,7 @@ class StudentSampler(Sampler):
 
     name, uses_teacher = "student", False
 
-    def decide(self, t, student_logits, teacher_logits, student_token, state):
+    def decide(self, t, student_logits, teacher_logits, student_token, state, active=None):
         return torch.zeros_like(student_token, dtype=torch.bool)
 
 
@@ -65,21 +65,25 @@ class TeacherSampler(Sampler):
 
     name, uses_student = "teacher", False
 
-    def decide(self, t, student_logits, teacher_logits, student_token, state):
+    def decide(self, t, student_logits, teacher_logits, student_token, state, active=None):
         return torch.ones_like(student_token, dtype=torch.bool)
 
 
 class SKDSampler(Sampler):
     """Speculative KD (Xu et al. 2024): the student proposes y ~ q; if y is not among the teacher's top_k
     ids (by untempered p; ties at the K-th value count as inside), the token is a fresh draw from p.
-    top_k = |V| is on-policy, top_k = 0 is the teacher. Token-by-token form of the rule (no 5-token drafts)."""
+    top_k = |V| is on-policy, top_k = 0 is the teacher.
+
+    `block` = k > 1 decodes by draft-and-verify (docs/methods.md §3): the student drafts k tokens, the
+    teacher scores them in one forward, and the same rule runs position by position; a row's first
+    replaced token ends its block. block = 1 is the lockstep decoder, one token per step."""
 
     name = "skd"
 
-    def __init__(self, top_k: int):
-        self.top_k = top_k
+    def __init__(self, top_k: int, block: int = 1):
+        self.top_k, self.block = top_k, block
 
-    def decide(self, t, student_logits, teacher_logits, student_token, state):
+    def decide(self, t, student_logits, teacher_logits, student_token, state, active=None):
         k = min(self.top_k, teacher_logits.shape[-1])
         if k == 0:
             return torch.ones_like(student_token, dtype=torch.bool)
@@ -91,46 +95,69 @@ class SKDSampler(Sampler):
 class SwitchSampler(Sampler):
     """SWITCH (Koo et al. 2025): the teacher emits token t iff JSD(0.5)(p_t, q_t) > τ_t, per token and
     reversibly. τ_t = τ0·exp(−decay·t) ("exp", the paper's), τ0·max(0, 1 − decay·t) ("linear") or τ0
-    ("constant"); t counted from 0 inside the response. JSD in nats, bounded by ln 2."""
+    ("constant"); t counted from 0 inside the response. JSD in nats, bounded by ln 2.
+
+    `block` = k > 1: draft-and-verify, the student drafts k tokens and the teacher scores them in one
+    forward; the same rule at each position, a row's first teacher token ends its block (SKDSampler)."""
 
     name = "switch"
 
-    def __init__(self, tau0: float, decay: float, schedule: str):
-        self.tau0, self.decay, self.schedule = tau0, decay, schedule
+    def __init__(self, tau0: float, decay: float, schedule: str, block: int = 1):
+        self.tau0, self.decay, self.schedule, self.block = tau0, decay, schedule, block
 
-    def threshold(self, t: int) -> float:
-        """τ_t."""
+    def threshold(self, t: int | Tensor) -> float | Tensor:
+        """τ_t; for a tensor of positions, one τ per entry (float64)."""
+        if isinstance(t, Tensor):
+            t = t.double()
+            if self.schedule == "exp":
+                return self.tau0 * torch.exp(-self.decay * t)
+            if self.schedule == "linear":
+                return self.tau0 * (1.0 - self.decay * t).clamp(min=0.0)
+            return torch.full_like(t, self.tau0)
         if self.schedule == "exp":
             return self.tau0 * math.exp(-self.decay * t)
         if self.schedule == "linear":
             return self.tau0 * max(0.0, 1.0 - self.decay * t)
         return self.tau0
 
-    def decide(self, t, student_logits, teacher_logits, student_token, state):
-        return step_distance("jsd", student_logits, teacher_logits, log_probs=True) > self.threshold(t)
+    def decide(self, t, student_logits, teacher_logits, student_token, state, active=None):
+        d = step_distance("jsd", student_logits, teacher_logits, log_probs=True)
+        # compared in d's float32, as a Python float τ is in the lockstep decoder
+        tau = self.threshold(t)
+        return d > (tau.to(d.dtype) if isinstance(tau, Tensor) else tau)
 
 
 class AdaSwitchSampler(Sampler):
     """AdaSwitch (Peng et al. 2025): the student writes while d_i = distance(p_i, q_i) stays ordinary; at
     the first step i >= window with d_i > k · mean(d_{i−window} … d_{i−1}) the row switches, and token i
-    and every later token come from the teacher (one irreversible switch per row). Once every live row
-    has switched the student stops running."""
+    and every later token come from the teacher (one irreversible switch per row). A row that switched
+    (or ended) leaves the student's batch; once none is left the student stops running.
+
+    `block` = k_draft > 1: while a row has not switched, the student drafts `block` tokens and the teacher
+    scores them in one forward; the rule runs position by position on the row's accepted positions only,
+    so its window is the lockstep one. After its switch a row gets teacher tokens one per forward."""
 
     name = "adaswitch"
 
-    def __init__(self, k: float, window: int, distance: str):
-        self.k, self.window, self.distance = k, window, distance
+    def __init__(self, k: float, window: int, distance: str, block: int = 1):
+        self.k, self.window, self.distance, self.block = k, window, distance, block
 
     def init_state(self, batch_size, device):
         return {"switched": torch.zeros(batch_size, dtype=torch.bool, device=device),
                 "recent": torch.zeros(batch_size, self.window, device=device)}  # ring buffer of d
 
-    def decide(self, t, student_logits, teacher_logits, student_token, state):
+    def decide(self, t, student_logits, teacher_logits, student_token, state, active=None):
         d = step_distance(self.distance, student_logits, teacher_logits, log_probs=True)  # (B,)
-        if t >= self.window:
-            state["switched"] = state["switched"] | (d > self.k * state["recent"].mean(1))
-        state["recent"][:, t % self.window] = d  # rows that switched no longer read it
+        if isinstance(t, int):
+            if t >= self.window:
+                state["switched"] = state["switched"] | (d > self.k * state["recent"].mean(1))
+            state["recent"][:, t % self.window] = d  # rows that switched no longer read it
+            return state["switched"]
+        fire = (t >= self.window) & (d > self.k * state["recent"].mean(1)) & active
+        state["switched"] = state["switched"] | fire
+        slot = (t % self.window)[:, None]
+        state["recent"].scatter_(1, slot, torch.where(active, d, state["recent"].gather(1, slot)[:, 0])[:, None])
         return state["switched"]
 
-    def student_still_needed(self, state, alive):
-        return bool((alive & ~state["switched"]).any())
+    def student_rows(self, state):
+        return ~state["switched"]
