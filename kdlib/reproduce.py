@@ -103,10 +103,12 @@ def main(argv=None) -> int:
             params = {"profile": args.profile}
             if args.smoke:
                 params.update(smoke=True, seeds=[0], out_dir=str(Path(tmp) / "figures" / nb.stem))
+            # relative paths, which the notebooks resolve from the repository root: the executed copies that are
+            # committed name no machine's checkout
             elif args.profile == "paper":  # never overwrite the committed embedded figures
-                params.update(out_dir=str(ROOT / "figures" / "paper" / nb.stem))
+                params.update(out_dir=f"figures/paper/{nb.stem}")
             else:  # the committed figures: only make reproduce writes them (by hand, a notebook writes .cache/)
-                params.update(out_dir=str(ROOT / "figures" / nb.stem))
+                params.update(out_dir=f"figures/{nb.stem}")
             print(f"[reproduce] {nb.name} ({'smoke' if args.smoke else args.profile}) ...", flush=True)
             took = execute(nb, params, (Path(tmp) if args.smoke else executed) / nb.name)
             if not args.smoke and args.profile == "embedded" and (executed / nb.name).exists():  # for `make site`
