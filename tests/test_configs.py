@@ -8,7 +8,7 @@ import pytest
 from conftest import cache_sharing_task_data
 
 from kdlib import cli
-from kdlib.config import METHODS, load_config
+from kdlib.config import METHODS, RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs" / "embedded").glob("*.yaml"))
@@ -63,3 +63,29 @@ def test_train_output_exports_a_model_that_from_pretrained_loads(tmp_path, monke
     assert cli.main(["train", "method=kd", *TINY, "--quiet", "--output", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert not (tmp_path / "cache" / "runs" / load_config(None, ["method=kd", *TINY]).hash()).exists()
+
+
+# Cache keys of runs that the cache, the shipped runs and every user's finished work are stored under. A change
+# to how a config is hashed, or a new default in SAMPLER_DEFAULTS / a new field that enters the hash at its
+# default, silently retrains everything: new fields go to config.ADDED_FIELDS, new sampler parameters must
+# leave the hash alone at their default.
+PINNED_HASHES = {
+    "sft": (dict(method="sft", task="arith"), "6f237167ed19"),
+    "gkd": (dict(task="summ", n_train=4000, n_labelled=100, steps=150, n_eval=1000, method="gkd", seed=3,
+                 student_data_fraction=1.0), "01cb561d2e70"),
+    "adaswitch": (dict(task="arith", n_train=4000, n_labelled=1000, steps=150, n_eval=1000,
+                       eval_splits=("test", "plus"), method="adaswitch", sampler_params={"k": 10.0, "window": 4}),
+                  "2e189388d8dc"),
+    "switch": (dict(task="summ", n_train=4000, n_labelled=100, steps=150, n_eval=1000, method="switch",
+                    sampler_params={"schedule": "linear"}), "a4b1404fd456"),
+    "distillm": (dict(task="summ", n_train=4000, n_labelled=100, steps=150, n_eval=1000, method="distillm",
+                      eval_every=50), "b4b4b86ea91d"),
+    "seqkd": (dict(task="summ", n_train=4000, n_labelled=100, steps=150, n_eval=1000, method="seqkd",
+                   student="student-m", seed=1), "5a21aa2f39a7"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_HASHES))
+def test_cache_keys_of_existing_runs_do_not_change(name):
+    fields, pinned = PINNED_HASHES[name]
+    assert RunConfig(**fields).hash() == pinned
