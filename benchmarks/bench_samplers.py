@@ -2,6 +2,7 @@
 
     python benchmarks/bench_samplers.py            # batch 16, 256 new tokens, 5 repetitions
     python benchmarks/bench_samplers.py --quick    # 64 new tokens, 3 repetitions
+    python benchmarks/bench_samplers.py --pair arith --threads 1   # the embedded arith pair (block sizes)
 
 References (same models, prompts, batch, token count):
   lower bound   a student-only KV-cached step loop plus a teacher-only KV-cached step loop, each drawing
@@ -27,6 +28,19 @@ steps, so set-up and finishing work outside the step loop counts too. If a step'
 still looks stalled (`Timings.disturbed`), every job runs once more, so all keep the same number of runs.
 The whole-run best is printed beside it.
 Targets (issue 4): every token-level sampler <= 1.10x the lower bound and >= 10x faster than naive.
+
+Draft-and-verify (issue 24): every switching sampler (skd, switch, adaswitch) also runs at each `--blocks`
+size (default 2, 4, 8) beside its lockstep run (block 1), as jobs of the same rotation. How much drafting
+saves depends on how often the teacher takes over, which random models do not show (SKD's teacher replaces
+almost every proposal, SWITCH and AdaSwitch rarely hand over). `--pair arith` / `--pair summ` therefore
+time the embedded pair as distillation starts: the task's teacher and its SFT-warmed student-s as the
+notebooks cache them (the bench never trains; it names the missing run), the training prompts past the
+distillation's own, the task's EOS, batch (32), max_new_tokens (64) and the samplers' defaults. With EOS a
+rollout lasts as long as its longest row, L tokens, and L differs between runs that draw differently: each
+job is compared with the lower bound over its own L (the lower bound's prefill, its first L - 1 steps and
+its last). `--batches` prompt batches (default 3) give the spread: a ratio is printed as the median over
+batches and [min, max]; "vs block 1" divides a job's ratio by its sampler's block-1 ratio on the same batch.
+The references (interleaved, naive, generate) run on the random pair's first batch only.
 """
 from __future__ import annotations
 
@@ -52,6 +66,7 @@ VOCAB, PAD = 4096, 0
 # once every row has switched, since the student stops). "switch+logits" also keeps the teacher logits.
 SAMPLERS = {"student": {}, "teacher": {}, "skd": {}, "switch": {}, "adaswitch": {}, "switch+logits": {}}
 TOKEN_LEVEL = ("skd", "switch", "adaswitch", "switch+logits")
+SWITCHING = ("skd", "switch", "adaswitch")  # the samplers with a draft-and-verify block
 
 
 def llama(layers: int, hidden: int, seed: int) -> LlamaForCausalLM:
@@ -60,6 +75,22 @@ def llama(layers: int, hidden: int, seed: int) -> LlamaForCausalLM:
                       pad_token_id=PAD, eos_token_id=None, bos_token_id=None)
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).eval()
+
+
+def embedded_pair(task: str):
+    """The embedded `task`'s teacher and SFT-warmed student-s as distillation starts, read from the cache
+    (never trained here), its tokenizer, its training rows past the distillation's own, and its config."""
+    from kdlib.config import RunConfig
+    from kdlib.experiments import load_rows, load_run, sft_init_recipe, teacher_config
+    from kdlib.notebook.grids import protocol
+
+    cfg = RunConfig(**protocol(task, method="switch"))
+    try:
+        student, tok, _ = load_run(sft_init_recipe(cfg))
+        teacher = load_run(teacher_config(cfg))[0]
+    except FileNotFoundError as e:
+        sys.exit(f"bench_samplers: {e}")
+    return student.eval(), teacher.eval(), tok, load_rows(cfg, "train")[cfg.n_train:], cfg
 
 
 def prompts(batch: int, seed: int = 0):
@@ -185,12 +216,16 @@ class Timings:
     def add(self, name, prefill, steps, total):
         self.runs.setdefault(name, []).append((prefill, list(steps), total))
 
-    def estimate(self, name) -> float:
-        """Fastest prefill + Σ over steps of the fastest repetition of that step."""
+    def estimate(self, name, length: int | None = None) -> float:
+        """Fastest prefill + Σ over steps of the fastest repetition of that step. `length` = L keeps the
+        first L - 1 steps and the last (a rollout of L tokens: L - 1 forward steps and a final draw)."""
         runs = self.runs[name]
         if len({len(r[1]) for r in runs}) != 1:
             raise RuntimeError(f"{name}: repetitions ran different numbers of steps")
-        return min(r[0] for r in runs) + sum(min(step) for step in zip(*(r[1] for r in runs)))
+        mins = [min(step) for step in zip(*(r[1] for r in runs))]
+        if length is not None:
+            mins = mins[:length - 1] + mins[-1:]
+        return min(r[0] for r in runs) + sum(mins)
 
     def disturbed(self, name, factor: float = 2.0, half_window: int = 4) -> list:
         """Steps whose fastest repetition still took > factor x the median of its neighbours' (steps t-4 …
@@ -206,37 +241,76 @@ class Timings:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="64 new tokens, 3 repetitions")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=None, help="default 256 (64 with --quick)")
+    ap.add_argument("--pair", choices=("random", "arith", "summ"), default="random",
+                    help="random tiny Llamas (default) or an embedded task's cached teacher and warm-up student")
+    ap.add_argument("--batch", type=int, default=None, help="default 16 (random pair), the task's 32 (embedded)")
+    ap.add_argument("--batches", type=int, default=3, help="prompt batches, for the spread (default 3)")
+    ap.add_argument("--blocks", default="2,4,8", help="draft-and-verify block sizes besides 1 ('' = none)")
+    ap.add_argument("--new-tokens", type=int, default=None,
+                    help="default 256 (64 with --quick); embedded: the task's max_new_tokens (64)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions of every job (default 5, 3 quick)")
     ap.add_argument("--naive-stride", type=int, default=8,
                     help="time every this-many-th step of the naive loop and interpolate (1 = every step)")
     ap.add_argument("--max-extra", type=int, default=1,
                     help="extra repetitions of every job while some job has a stalled step (default 1)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--csv", type=Path, default=None, help="also write the table here")
+    ap.add_argument("--csv", type=Path, default=None, help="also write the tables here")
     args = ap.parse_args(argv)
     if args.naive_stride < 1:
         ap.error("--naive-stride must be >= 1")
-    n_new = args.new_tokens or (64 if args.quick else 256)
+    if args.batches < 1:
+        ap.error("--batches must be >= 1")
+    try:
+        blocks = [int(b) for b in args.blocks.split(",") if b.strip()]
+    except ValueError:
+        ap.error(f"--blocks must be comma-separated ints, got {args.blocks!r}")
+    if any(b < 2 for b in blocks):
+        ap.error(f"--blocks are the sizes besides 1, each >= 2; got {args.blocks!r}")
     reps = args.reps or (3 if args.quick else 5)
-    naive_at = sorted(set(range(0, n_new, args.naive_stride)) | {n_new - 1})
     torch.set_num_threads(args.threads)
-    teacher, student = llama(6, 256, seed=1), llama(2, 128, seed=0)
-    ids, mask = prompts(args.batch)
-    n_tokens = args.batch * n_new
-    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    kw = dict(max_new_tokens=n_new, eos_token_id=None, pad_token_id=PAD, temperature=1.0)
-    teacher_fraction = {}
+    random_pair = args.pair == "random"
+    if random_pair:
+        teacher, student = llama(6, 256, seed=1), llama(2, 128, seed=0)
+        n_new = args.new_tokens or (64 if args.quick else 256)
+        batch_size = args.batch or 16
+        batches = [prompts(batch_size, seed=i) for i in range(args.batches)]
+        kw = dict(max_new_tokens=n_new, eos_token_id=None, pad_token_id=PAD, temperature=1.0)
+        sampler_params = dict(SAMPLERS)
+    else:
+        from kdlib.data import encode_prompts
+        from kdlib.samplers import SAMPLER_DEFAULTS
 
-    def run_sampler(name):
-        sampler = build_sampler(name.split("+")[0], **SAMPLERS[name])
+        student, teacher, tok, rows, cfg = embedded_pair(args.pair)
+        n_new = args.new_tokens or cfg.max_new_tokens
+        batch_size = args.batch or cfg.batch_size
+        if len(rows) < args.batches * batch_size:
+            ap.error(f"{args.pair} has {len(rows)} spare training rows, fewer than {args.batches} x {batch_size}")
+        batches = [encode_prompts(tok, [r["prompt"] for r in rows[i * batch_size:(i + 1) * batch_size]])
+                   for i in range(args.batches)]
+        kw = dict(max_new_tokens=n_new, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                  temperature=cfg.sample_temperature)
+        sampler_params = {n: dict(SAMPLER_DEFAULTS[n.split("+")[0]]) for n in SAMPLERS}
+    variants = [(n, 1) for n in SAMPLERS] + [(n, b) for n in SWITCHING for b in blocks]
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    rollout_stats = {}  # job -> (response length L, teacher fraction, teacher forwards, student forwards)
+
+    def label(name, block):
+        return name if block == 1 else f"{name} b{block}"
+
+    def run_sampler(name, block, i):
+        ids, mask = batches[i]
+        base = name.split("+")[0]
+        params = {**sampler_params[name], "block": block} if base in SWITCHING else sampler_params[name]
+        sampler = build_sampler(base, **params)
         r = sampler.sample(student, teacher, ids, mask, generator=gen(), return_teacher_logits="+" in name, **kw)
-        assert r.input_ids.shape[1] - r.prompt_length == n_new
-        teacher_fraction[name] = r.stats["teacher_fraction"]
+        length = r.input_ids.shape[1] - r.prompt_length
+        assert kw["eos_token_id"] is not None or length == n_new
+        rollout_stats[f"{label(name, block)} @{i}"] = (length, r.stats["teacher_fraction"],
+                                                       r.stats["teacher_forwards"], r.stats["student_forwards"])
         return r.stats["prefill_seconds"], r.stats["step_seconds"]
 
     def generate(model):
+        ids, mask = batches[0]
         clock = StepClock()
         model.generate(input_ids=ids, attention_mask=mask, do_sample=True, max_new_tokens=n_new,
                        min_new_tokens=n_new, eos_token_id=None, pad_token_id=PAD, top_k=0,
@@ -245,27 +319,36 @@ def main(argv=None):
         # the last draw and the clean-up fall outside the spans and count in the prefill (total - steps)
         return clock.laps.times[0], clock.laps.times[1:]
 
-    def lower_bound():
+    def lower_bound(i):
         """Both plain loops, one after the other: a step's time is the student's step plus the teacher's,
         so the minimum over repetitions is taken over the same kind of two-model step as a lockstep
         sampler's (the sum of two separate minima would be lower than any lockstep job reaches by chance
-        alone). The loops' own times are kept for the table."""
+        alone). The loops' own times are kept for the table (first batch)."""
+        ids, mask = batches[i]
         (ps, ss), (pt, st) = (plain_loop(m, ids, mask, n_new, gen()) for m in (student, teacher))
-        timings.add("student loop alone", ps, ss, ps + sum(ss))
-        timings.add("teacher loop alone", pt, st, pt + sum(st))
+        if i == 0:
+            timings.add("student loop alone", ps, ss, ps + sum(ss))
+            timings.add("teacher loop alone", pt, st, pt + sum(st))
         return ps + pt, [a + b for a, b in zip(ss, st)]
 
     timings = Timings()
-    jobs = {"lower bound": lower_bound,
-            "interleaved loops": lambda: interleaved_loops(student, teacher, ids, mask, n_new, gen())}
-    jobs.update({name: (lambda name=name: run_sampler(name)) for name in SAMPLERS})
-    jobs.update({"generate: student": lambda: generate(student), "generate: teacher": lambda: generate(teacher),
-                 "naive": lambda: naive_switch_steps(student, teacher, full.input_ids, full.attention_mask,
-                                                     full.prompt_length, naive_at, gen())})
-    print(f"batch {args.batch}, {n_new} new tokens, {torch.get_num_threads()} threads, {reps} rep(s), "
+    jobs = {}
+    for i in range(args.batches):
+        jobs[f"lower bound @{i}"] = lambda i=i: lower_bound(i)
+        jobs.update({f"{label(n, b)} @{i}": (lambda n=n, b=b, i=i: run_sampler(n, b, i)) for n, b in variants})
+    if random_pair:
+        ids0, mask0 = batches[0]
+        jobs.update({"interleaved loops": lambda: interleaved_loops(student, teacher, ids0, mask0, n_new, gen()),
+                     "generate: student": lambda: generate(student), "generate: teacher": lambda: generate(teacher),
+                     "naive": lambda: naive_switch_steps(student, teacher, full.input_ids, full.attention_mask,
+                                                         full.prompt_length, naive_at, gen())})
+        naive_at = sorted(set(range(0, n_new, args.naive_stride)) | {n_new - 1})
+    print(f"pair {args.pair}, batch {batch_size} x {args.batches} batches, {n_new} new tokens, "
+          f"{torch.get_num_threads()} threads, {reps} rep(s), blocks 1{''.join(f', {b}' for b in blocks)}, "
           f"torch {torch.__version__}", flush=True)
-    run_sampler("student")  # warm-up
-    full = build_sampler("switch").sample(student, teacher, ids, mask, generator=gen(), **kw)  # naive's prefixes
+    run_sampler("student", 1, 0)  # warm-up
+    if random_pair:  # the naive loop's prefixes
+        full = build_sampler("switch").sample(student, teacher, *batches[0], generator=gen(), **kw)
 
     def run(name):
         start = time.perf_counter()
@@ -286,6 +369,32 @@ def main(argv=None):
         for name in jobs:  # all of them: a job with more runs would get a lower minimum by chance alone
             run(name)
     left = {name: len(timings.disturbed(name)) for name in jobs if timings.disturbed(name)}
+    tables = []
+    if random_pair:
+        tables.append(reference_table(timings, rollout_stats, naive_at, args.naive_stride, n_new, batch_size * n_new))
+    tables.append(block_table(timings, rollout_stats, variants, args.batches, label))
+    print("seconds: fastest prefill + per step the fastest of the repetitions; whole-run best: fastest "
+          "whole run (stalls included)")
+    if left:
+        print("STILL DISTURBED after the extra repetitions (these rows overstate the time): "
+              + ", ".join(f"{k}: {v} step(s)" for k, v in left.items()))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            for table in tables:
+                csv.writer(f).writerows(table + [[]])
+
+
+def print_table(table):
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for i, r in enumerate(table):
+        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def reference_table(timings, rollout_stats, naive_at, stride, n_new, n_tokens):
+    """The issue-4 table on the first batch: lockstep samplers against the lower bound, the interleaved
+    loops, the naive loop and generate."""
     est = {name: timings.estimate(name) for name in timings.runs}
     whole = {name: timings.best_total(name) for name in timings.runs}
     # the naive loop was timed at the steps naive_at: per step the fastest repetition, interpolated
@@ -293,48 +402,64 @@ def main(argv=None):
     naive_step = [min(x) for x in zip(*naive_runs)]
     est["naive"] = float(sum(np.interp(np.arange(n_new), naive_at, naive_step)))
     whole["naive"] = min(float(sum(np.interp(np.arange(n_new), naive_at, r))) for r in naive_runs)
-    lower = est["lower bound"]
+    lower = est["lower bound @0"]
     inter, naive = est["interleaved loops"], est["naive"]
 
-    def row(what, name=None, seconds=None, vs_lower=True, vs_naive=False, frac="", vs_inter=False):
-        s = est[name] if name else seconds
-        w = whole[name] if name else whole["lower bound"]
+    def row(what, name, vs_lower=True, vs_naive=False, frac="", vs_inter=False):
+        s, w = est[name], whole[name]
         return (what, f"{s:.2f}", f"{w:.2f}", f"{n_tokens / s:,.0f}", f"{s / lower:.3f}" if vs_lower else "",
                 f"{naive / s:.1f}" if vs_naive else "", frac, f"{s / inter:.3f}" if vs_inter else "")
 
-    rows = [row("lower bound (student + teacher loops)", seconds=lower, vs_lower=False),
+    rows = [row("lower bound (student + teacher loops)", "lower bound @0", vs_lower=False),
             row("interleaved loops (lockstep order, no rule)", "interleaved loops", vs_inter=True)]
-    rows += [row(f"sampler {n}", n, vs_naive=True, frac=f"{teacher_fraction[n]:.2f}", vs_inter=True)
-             for n in SAMPLERS]
+    rows += [row(f"sampler {n}", f"{n} @0", vs_naive=True, frac=f"{rollout_stats[f'{n} @0'][1]:.2f}",
+                 vs_inter=True) for n in SAMPLERS]
     rows += [row("naive recompute loop (SWITCH) *", "naive", vs_lower=False),
              row("lower bound: student loop alone", "student loop alone", vs_lower=False),
              row("lower bound: teacher loop alone", "teacher loop alone", vs_lower=False),
              row("generate: student", "generate: student", vs_lower=False),
              row("generate: teacher", "generate: teacher", vs_lower=False)]
-    header = ("what", "seconds", "whole-run best", "tokens/s", "x lower bound", "naive / this", "teacher frac",
-              "x interleaved")
-    table = [header] + rows
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for i, r in enumerate(table):
-        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-    print("seconds: fastest prefill + per step the fastest of the repetitions; whole-run best: fastest "
-          "whole run (stalls included)")
-    if left:
-        print("STILL DISTURBED after the extra repetitions (these rows overstate the time): "
-              + ", ".join(f"{k}: {v} step(s)" for k, v in left.items()))
-    print(f"* naive loop timed at {len(naive_at)} of its {n_new} steps (every {args.naive_stride}th, on the "
-          f"prefixes of a SWITCH rollout), summed over all steps by linear interpolation (attention makes the cost "
-          f"slightly convex in the length, so this overstates the naive loop by a negligible amount)")
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            csv.writer(f).writerows(table)
-    worst = max(est[n] / lower for n in TOKEN_LEVEL)
-    slowest_vs_naive = min(naive / est[n] for n in TOKEN_LEVEL)
+    table = [("what", "seconds", "whole-run best", "tokens/s", "x lower bound", "naive / this", "teacher frac",
+              "x interleaved")] + rows
+    print("lockstep samplers and references (first batch):")
+    print_table(table)
+    print(f"* naive loop timed at {len(naive_at)} of its {n_new} steps (every {stride}th, on "
+          f"the prefixes of a SWITCH rollout), summed over all steps by linear interpolation (attention makes the "
+          f"cost slightly convex in the length, so this overstates the naive loop by a negligible amount)")
+    worst = max(est[f"{n} @0"] / lower for n in TOKEN_LEVEL)
+    slowest_vs_naive = min(naive / est[f"{n} @0"] for n in TOKEN_LEVEL)
     print(f"token-level samplers ({', '.join(TOKEN_LEVEL)}): worst {worst:.3f}x lower bound (target <= 1.10), "
           f"naive/sampler >= {slowest_vs_naive:.1f}x (target >= 10); interleaving the two loops alone costs "
-          f"{inter / lower:.3f}x, the samplers' worst is {max(est[n] / inter for n in TOKEN_LEVEL):.3f}x that")
+          f"{inter / lower:.3f}x, the samplers' worst is {max(est[f'{n} @0'] / inter for n in TOKEN_LEVEL):.3f}x that")
+    return table
+
+
+def block_table(timings, rollout_stats, variants, n_batches, label):
+    """Every sampler and block against the lower bound over its own rollout length, per batch; the median
+    and [min, max] over batches."""
+    def spread(values):
+        return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+    ratio = {}
+    for n, b in variants:
+        for i in range(n_batches):
+            job = f"{label(n, b)} @{i}"
+            ratio[job] = timings.estimate(job) / timings.estimate(f"lower bound @{i}", rollout_stats[job][0])
+    rows = []
+    for n, b in variants:
+        jobs = [f"{label(n, b)} @{i}" for i in range(n_batches)]
+        vs_one = [ratio[j] / ratio[f"{n} @{i}"] for i, j in enumerate(jobs)] if b > 1 else None
+        st = [rollout_stats[j] for j in jobs]
+        rows.append((label(n, b), f"{sum(timings.estimate(j) for j in jobs):.2f}",
+                     f"{sum(timings.best_total(j) for j in jobs):.2f}", spread([ratio[j] for j in jobs]),
+                     spread(vs_one) if vs_one else "", f"{statistics.mean(s[1] for s in st):.2f}",
+                     f"{statistics.mean(s[0] for s in st):.0f}", f"{sum(s[2] for s in st)}/{sum(s[3] for s in st)}"))
+    table = [("sampler", "seconds", "whole-run best", "x lower bound (median [min, max])",
+              "vs block 1 (median [min, max])", "teacher frac", "mean L", "forwards t/s")] + rows
+    print(f"every sampler and block, {n_batches} batch(es); x lower bound: against both plain loops over the "
+          "rollout's own length L; seconds, whole-run best and forwards (teacher/student) summed over batches:")
+    print_table(table)
+    return table
 
 
 if __name__ == "__main__":

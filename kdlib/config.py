@@ -313,7 +313,10 @@ class RunConfig:
         if r["source"] != "mix":
             out["student_data_fraction"] = _defaults()["student_data_fraction"]
         if r["sampler"] is not None:
-            out["sampler_params"] = {**SAMPLER_DEFAULTS[r["sampler"]], **self.sampler_params}
+            params = {**SAMPLER_DEFAULTS[r["sampler"]], **self.sampler_params}
+            if params.get("block") == 1:  # the lockstep decoder, as before `block` existed: the same cache keys
+                del params["block"]
+            out["sampler_params"] = params
         return out
 
     def replace(self, **changes) -> "RunConfig":

@@ -72,15 +72,21 @@ SAMPLER_DEFAULTS: dict[str, dict] = {
     # (arith) at the start (measured on the warmed-up student-s, 128 training prompts, temperature 1; K = 1
     # gave 26 % / 13 %). The SKD paper's own replacement rate is not stated in the text we could read: the
     # student proposes most tokens and the teacher corrects a minority, as here. docs/methods.md.
-    "skd": {"top_k": 2},
+    # block (draft-and-verify, docs/methods.md §3) MEASURED with benchmarks/bench_samplers.py --pair arith|summ
+    # (warmed-up student-s and the teacher, batch 32, 3-5 prompt batches, three runs): block 4 takes 0.80-0.90x
+    # the time of block 1 (median over batches; arith 0.80, 0.81, 0.90; summ 0.84, 0.89, 0.89); blocks 2, 3,
+    # 5, 6 and 8 saved less or less reliably.
+    "skd": {"top_k": 2, "block": 4},
     # tau0 and decay are NOT given in the SWITCH paper text; its tuned setting gave about 53 % teacher tokens.
     # CHOSEN for about half teacher tokens on the embedded workload: at the start of distillation (warmed-up
     # student-s, 128 training prompts, temperature 1) tau0 0.01 / decay 0.1 hands the teacher 64 % of the
     # summ tokens and 49 % of the arith tokens; the share falls as the student improves, and the notebooks
     # report its mean over training. (tau0 0.05 / decay 0.05, the earlier default, gave 42 % / 27 % at the
     # start and 27 % averaged over training.) JSD(0.5) lies in [0, ln 2]; with decay 0.1 the threshold halves
-    # about every 7 tokens. The paper's best schedule is "exp".
-    "switch": {"tau0": 0.01, "decay": 0.1, "schedule": "exp"},
+    # about every 7 tokens. The paper's best schedule is "exp". block 1 (lockstep), MEASURED as skd's: with
+    # 15 % (arith) and 64 % (summ) teacher tokens drafting saved nothing at any block tried, 0.99-1.06x
+    # (arith) and 1.15-1.17x (summ) the time of block 1 at block 2, 1.07-1.67x at block 4.
+    "switch": {"tau0": 0.01, "decay": 0.1, "schedule": "exp", "block": 1},
     # k and window are NOT given in the AdaSwitch paper text: CHOSEN, swept in the AdaSwitch notebook. No
     # switch can happen before token `window`, and the first tokens of an embedded response (names, "+",
     # "=") have a near-zero divergence, so a small window makes the rule fire at once: window 4, k 2 switched
@@ -88,8 +94,9 @@ SAMPLER_DEFAULTS: dict[str, dict] = {
     # k 5 switches 76 % of arith and 70 % of summ rollouts at the start of distillation, summ's switches
     # spread from token 8 to 17 (quartiles), and the teacher writes 58 % / 50 %. The paper reports > 95 %
     # switches on GSM and fewer on summarisation. The paper's distance is KL(p‖q) ("fkl"); it reports
-    # robustness to the choice.
-    "adaswitch": {"k": 5.0, "window": 8, "distance": "fkl"},
+    # robustness to the choice. block 1 (lockstep), MEASURED as skd's: 1.00-1.18x the time of block 1 at
+    # blocks 2-6, since a switched row gets one teacher token per forward whatever the block.
+    "adaswitch": {"k": 5.0, "window": 8, "distance": "fkl", "block": 1},
 }
 
 def validate_sampler_params(name: str, **params) -> None:
@@ -102,6 +109,8 @@ def validate_sampler_params(name: str, **params) -> None:
             raise ValueError(f"sampler {name!r} has no parameter {key!r}; its parameters are "
                              f"{sorted(allowed) or 'none'}")
     p = {**allowed, **params}
+    if "block" in allowed:
+        _check_int(name, "block", p["block"], low=1)
     if name == "skd":
         _check_int(name, "top_k", p["top_k"], low=0)
     elif name == "switch":

@@ -25,6 +25,15 @@ from kdlib.samplers import (
 V, PAD, EOS = 64, 0, 1
 MARGIN = 1e-4
 SEEDS = (0, 1, 2)
+BLOCKS = (1, 2, 5, 8)  # draft-and-verify block sizes; 1 = the lockstep decoder
+SWITCHING = ("skd", "switch", "adaswitch")  # the samplers with a block
+
+
+def with_blocks(*cases):
+    """pytest params: each case (a name or a tuple starting with one) at every block size for the switching
+    samplers, at block 1 for the others."""
+    cases = [c if isinstance(c, tuple) else (c,) for c in cases]
+    return [(*c, b) for c in cases for b in (BLOCKS if c[0] in SWITCHING else (1,))]
 
 
 def tiny_llama(seed: int, layers: int = 2, hidden: int = 32, vocab: int = V, eos_bias: float = 0.0):
@@ -70,11 +79,16 @@ def prompts(seed: int, batch: int = 6, length: int = 7):
 
 
 def run(name, student, teacher, seed, *, max_new_tokens=24, eos=None, pad=PAD, temperature=1.0,
-        keep=False, batch=6, **params):
+        keep=False, batch=6, block=1, draw_top_k=0, draw_top_p=1.0, **params):
+    """A rollout of sampler `name` (params over its defaults) on `prompts(seed, batch)`; draw_top_k and
+    draw_top_p are the drawing filters (`top_k` here is SKD's parameter)."""
     ids, mask = prompts(seed, batch)
+    if name in SWITCHING:
+        params["block"] = block
     return build_sampler(name, **params).sample(
         student, teacher, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
-        temperature=temperature, generator=torch.Generator().manual_seed(seed), return_teacher_logits=keep)
+        temperature=temperature, top_k=draw_top_k, top_p=draw_top_p, generator=torch.Generator().manual_seed(seed),
+        return_teacher_logits=keep)
 
 
 def full_logits(model, rollout):
@@ -117,15 +131,17 @@ def test_teacher_sampler_is_all_teacher_without_the_student(pair):
     assert (r.stats["switch_positions"] == 0).all()
 
 
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("schedule,tau0,decay", [("exp", 0.3, 0.04), ("linear", 0.3, 0.03),
                                                  ("constant", 0.22, 0.0)])
-def test_switch_teacher_iff_jsd_above_threshold(pair, schedule, tau0, decay):
+def test_switch_teacher_iff_jsd_above_threshold(pair, schedule, tau0, decay, block):
     student, teacher = pair
     sampler = build_sampler("switch", tau0=tau0, decay=decay, schedule=schedule)
     checked = skipped = 0
     outcomes = set()
     for seed in SEEDS:
-        r = run("switch", student, teacher, seed, temperature=0.7, tau0=tau0, decay=decay, schedule=schedule)
+        r = run("switch", student, teacher, seed, temperature=0.7, tau0=tau0, decay=decay, schedule=schedule,
+                block=block)
         resp, teacher_mask, _ = response(r)
         d = D.jsd(full_logits(student, r), full_logits(teacher, r), beta=0.5)  # (B, N)
         t = torch.arange(d.shape[1], dtype=torch.float64)
@@ -154,15 +170,21 @@ def adaswitch_first_trigger(d, resp_len, k, window):
     return None, gap
 
 
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("distance,fn,k", [("fkl", D.forward_kl, 1.6), ("rkl", D.reverse_kl, 1.6),
                                            ("jsd", D.jsd, 1.6), ("tvd", D.tvd, 1.25)])
-def test_adaswitch_one_switch_at_the_first_trigger(pair, distance, fn, k):
+def test_adaswitch_one_switch_at_the_first_trigger(pair, distance, fn, k, block):
+    """The window a decision reads holds the distances of the row's own earlier positions: under
+    draft-and-verify, a draft the rule rejected must leave no trace in it. A fourth seed makes 24 rows, so
+    that the 5 % allowance for near-ties is one row (a row with |d_i − k·mean| < MARGIN turns up in about
+    one of the 16 cases' 18 rows)."""
     student, teacher = pair
     window = 4
     rows = skipped = 0
     outcomes = set()
-    for seed in SEEDS:
-        r = run("adaswitch", student, teacher, seed, temperature=0.7, k=k, window=window, distance=distance)
+    for seed in (*SEEDS, 3):
+        r = run("adaswitch", student, teacher, seed, temperature=0.7, k=k, window=window, distance=distance,
+                block=block)
         resp, teacher_mask, _ = response(r)
         d = fn(full_logits(student, r), full_logits(teacher, r))  # (B, N)
         for b in range(d.shape[0]):
@@ -194,13 +216,14 @@ def test_adaswitch_drops_the_student_once_every_row_switched(pair):
     assert r.stats["teacher_forwards"] == 24  # prefill + 23 steps
 
 
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("top_k", [1, 5, 25])
-def test_skd_student_tokens_lie_in_teacher_top_k(pair, top_k):
+def test_skd_student_tokens_lie_in_teacher_top_k(pair, top_k, block):
     student, teacher = pair
     checked = skipped = 0
     outcomes = set()
     for seed in SEEDS:
-        r = run("skd", student, teacher, seed, top_k=top_k)
+        r = run("skd", student, teacher, seed, top_k=top_k, block=block)
         resp, teacher_mask, tokens = response(r)
         p = full_logits(teacher, r)  # (B, N, V)
         top = p.topk(top_k + 1, dim=-1).values  # (B, N, K+1)
@@ -215,25 +238,30 @@ def test_skd_student_tokens_lie_in_teacher_top_k(pair, top_k):
     assert skipped <= 0.02 * checked
 
 
-def test_skd_limits(pair):
+@pytest.mark.parametrize("block", BLOCKS)
+def test_skd_limits(pair, block):
     student, teacher = pair
-    r0 = run("skd", student, teacher, seed=0, top_k=0)  # K = 0: the teacher writes everything
+    r0 = run("skd", student, teacher, seed=0, top_k=0, block=block)  # K = 0: the teacher writes everything
     resp, teacher_mask, _ = response(r0)
     assert (teacher_mask == resp).all()
-    rv = run("skd", student, teacher, seed=0, top_k=V)  # K = |V|: on-policy
+    rv = run("skd", student, teacher, seed=0, top_k=V, block=block)  # K = |V|: on-policy
     assert not rv.from_teacher.any()
 
 
-@pytest.mark.parametrize("name,params", [("student", {}), ("teacher", {}), ("skd", {"top_k": 5}),
-                                         ("switch", {"tau0": 0.3, "decay": 0.04}),
-                                         ("adaswitch", {"k": 1.6, "window": 4})])
-def test_greedy_is_argmax_of_the_emitter(pair, name, params):
-    """Temperature 0: every token is the argmax of the recomputed logits of whoever emitted it; for SKD
-    the whole rule is then deterministic (argmax q kept iff inside the teacher's top-K, else argmax p)."""
+@pytest.mark.parametrize("drawing", [{"temperature": 0.0}, {"draw_top_k": 1}, {"draw_top_p": 1e-6}],
+                         ids=["greedy", "draw_top_k=1", "draw_top_p=1e-6"])
+@pytest.mark.parametrize("name,params,block", with_blocks(
+    ("student", {}), ("teacher", {}), ("skd", {"top_k": 5}), ("switch", {"tau0": 0.3, "decay": 0.04}),
+    ("adaswitch", {"k": 1.6, "window": 4})))
+def test_greedy_is_argmax_of_the_emitter(pair, name, params, block, drawing):
+    """Temperature 0, or temperature 1 with a drawing filter that keeps one id (top_k = 1, a tiny top_p
+    nucleus): every token is the argmax of the recomputed logits of whoever emitted it, so the filters
+    reach the student's proposals (drafts) and the teacher's draws; for SKD the whole rule is then
+    deterministic (argmax q kept iff inside the teacher's top-K, else argmax p)."""
     student, teacher = pair
     outcomes = set()
     for seed in SEEDS:
-        r = run(name, student, teacher, seed, temperature=0.0, **params)
+        r = run(name, student, teacher, seed, block=block, **drawing, **params)
         resp, teacher_mask, tokens = response(r)
         q, p = full_logits(student, r), full_logits(teacher, r)
         emitter = torch.where(teacher_mask[..., None], p, q)
@@ -260,12 +288,13 @@ def eos_pair():
 
 
 @pytest.mark.parametrize("pad", [PAD, EOS])  # pad == eos must not hide the real EOS
-@pytest.mark.parametrize("name", ["student", "switch", "adaswitch"])
-def test_rows_stop_at_eos_and_masks_include_it(eos_pair, name, pad):
+@pytest.mark.parametrize("name,block", with_blocks("student", "skd", "switch", "adaswitch"))
+def test_rows_stop_at_eos_and_masks_include_it(eos_pair, name, pad, block):
     student, teacher = eos_pair
     lengths = set()
     for seed in SEEDS:
-        r = run(name, student, teacher, seed, eos=EOS, pad=pad, batch=8)
+        r = run(name, student, teacher, seed, eos=EOS, pad=pad, batch=8, block=block,
+                **({"top_k": 5} if name == "skd" else {}))
         P = r.prompt_length
         resp, teacher_mask, tokens = response(r)
         for b in range(tokens.shape[0]):
@@ -290,40 +319,43 @@ def test_loop_stops_when_all_rows_end(eos_pair):
     assert n < 200 and r.stats["student_forwards"] == n  # prefill + (n - 1) steps
 
 
-@pytest.mark.parametrize("name", ["teacher", "skd", "switch", "adaswitch"])
-def test_teacher_logits_equal_a_fresh_forward(eos_pair, name):
+@pytest.mark.parametrize("name,block", with_blocks("teacher", "skd", "switch", "adaswitch"))
+def test_teacher_logits_equal_a_fresh_forward(eos_pair, name, block):
     student, teacher = eos_pair
-    r = run(name, None if name == "teacher" else student, teacher, seed=1, eos=EOS, keep=True)
+    r = run(name, None if name == "teacher" else student, teacher, seed=1, eos=EOS, keep=True, block=block)
     resp, _, _ = response(r)
     assert r.teacher_logits.shape == (*resp.shape, V)
     fresh = full_logits(teacher, r)
     torch.testing.assert_close(r.teacher_logits[resp], fresh[resp], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["student", "skd", "switch", "adaswitch"])
-def test_same_seed_same_rollout(pair, name):
+@pytest.mark.parametrize("name,block", with_blocks("student", "skd", "switch", "adaswitch"))
+def test_same_seed_same_rollout(pair, name, block):
     student, teacher = pair
-    a, b = (run(name, student, teacher, seed=3) for _ in range(2))
+    a, b = (run(name, student, teacher, seed=3, block=block) for _ in range(2))
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.from_teacher, b.from_teacher)
-    c = run(name, student, teacher, seed=4)
+    c = run(name, student, teacher, seed=4, block=block)
     assert not torch.equal(a.input_ids[:, a.prompt_length:], c.input_ids[:, c.prompt_length:])
 
 
-def test_global_rng_untouched_and_training_mode_restored(pair):
+@pytest.mark.parametrize("block", BLOCKS)
+def test_global_rng_untouched_and_training_mode_restored(pair, block):
     student, teacher = pair
     student.train()
     state = torch.get_rng_state()
-    run("switch", student, teacher, seed=0)
+    run("switch", student, teacher, seed=0, block=block)
     assert torch.equal(state, torch.get_rng_state()) and student.training
     student.eval()
 
 
-@pytest.mark.parametrize("name", ["student", "teacher", "switch"])
-def test_left_padding_gives_the_same_tokens_as_unpadded(pair, name):
-    """Greedy: each row in a padded batch of mixed prompt lengths equals that row decoded alone."""
+@pytest.mark.parametrize("name,block", with_blocks("student", "teacher", "switch", "adaswitch"))
+def test_left_padding_gives_the_same_tokens_as_unpadded(pair, name, block):
+    """Greedy: each row in a padded batch of mixed prompt lengths equals that row decoded alone (under
+    draft-and-verify a row's blocks do not depend on the other rows either)."""
     student, teacher = pair
     ids, mask = prompts(seed=5)
-    sampler = build_sampler(name, **({"tau0": 0.3, "decay": 0.04} if name == "switch" else {}))
+    params = {"switch": {"tau0": 0.3, "decay": 0.04}, "adaswitch": {"k": 1.6, "window": 4}}.get(name, {})
+    sampler = build_sampler(name, **params, **({"block": block} if name in SWITCHING else {}))
     kw = dict(max_new_tokens=12, eos_token_id=None, pad_token_id=PAD, temperature=0.0,
               generator=torch.Generator().manual_seed(0))
     batched = sampler.sample(student, teacher, ids, mask, **kw)
@@ -335,10 +367,12 @@ def test_left_padding_gives_the_same_tokens_as_unpadded(pair, name):
         assert torch.equal(batched.from_teacher[b, P:], alone.from_teacher[0, real.shape[1]:]), b
 
 
-def test_wider_teacher_vocabulary_uses_the_shared_prefix(pair):
+@pytest.mark.parametrize("block", BLOCKS)
+def test_wider_teacher_vocabulary_uses_the_shared_prefix(pair, block, monkeypatch):
     student, _ = pair
+    monkeypatch.setattr(D, "_warned_widths", set())  # the width warning fires once a process
     wide = tiny_llama(1, vocab=V + 8)  # same family, 8 extra ids (like Qwen2.5 152064 vs 151936)
-    r = run("switch", student, wide, seed=0, keep=True, tau0=0.3, decay=0.04)
+    r = run("switch", student, wide, seed=0, keep=True, tau0=0.3, decay=0.04, block=block)
     resp, teacher_mask, tokens = response(r)
     assert (tokens < V).all() and r.teacher_logits.shape[-1] == V + 8
     with pytest.warns(UserWarning):
@@ -406,6 +440,8 @@ def test_step_distance_equals_the_divergences(kind, fn):
 def test_defaults_and_validation():
     assert set(SAMPLER_DEFAULTS) == {"student", "teacher", "skd", "switch", "adaswitch"}
     assert SAMPLER_DEFAULTS["skd"]["top_k"] == 2  # calibrated to the 197-word vocabulary (docs/workload.md)
+    # draft-and-verify where it was measured faster on the embedded pair (benchmarks/bench_samplers.py)
+    assert [SAMPLER_DEFAULTS[n]["block"] for n in ("skd", "switch", "adaswitch")] == [4, 1, 1]
     from kdlib.paper import PAPER_SAMPLER_PARAMS
 
     assert PAPER_SAMPLER_PARAMS["skd"]["top_k"] == 25  # the SKD reference setup, at the papers' scale
@@ -416,7 +452,9 @@ def test_defaults_and_validation():
            (("skd",), {"top_k": 2.5}, "top_k"), (("switch",), {"schedule": "cosine"}, "cosine"),
            (("switch",), {"tau0": -0.1}, "tau0"), (("switch",), {"decay": float("nan")}, "decay"),
            (("adaswitch",), {"window": 0}, "window"), (("adaswitch",), {"distance": "kl"}, "'kl'"),
-           (("adaswitch",), {"k": True}, "k="), (("student",), {"top_k": 3}, "top_k")]
+           (("adaswitch",), {"k": True}, "k="), (("student",), {"top_k": 3}, "top_k"),
+           (("skd",), {"block": 0}, "block=0"), (("switch",), {"block": 2.5}, "block=2.5"),
+           (("adaswitch",), {"block": True}, "block=True"), (("teacher",), {"block": 2}, "'block'")]
     for args, params, needle in bad:
         with pytest.raises(ValueError, match=needle):
             validate_sampler_params(*args, **params)
@@ -449,8 +487,8 @@ def test_eos_and_pad_default_to_the_models_config():
         assert implicit.input_ids.shape[1] - implicit.prompt_length < 24  # EOS came early: it was read
 
 
-@pytest.mark.parametrize("name", ["student", "teacher", "skd", "switch", "adaswitch"])
-def test_cached_decoding_uses_no_deprecated_transformers_argument(pair, name):
+@pytest.mark.parametrize("name,block", with_blocks("student", "teacher", "skd", "switch", "adaswitch"))
+def test_cached_decoding_uses_no_deprecated_transformers_argument(pair, name, block):
     """The KV cache goes by its current name (`cache`): transformers announces the removal of
     `past_key_values` (5.40) with a once-per-process log warning, so the warning cache is cleared first and
     every record of the rollout is collected."""
@@ -468,7 +506,7 @@ def test_cached_decoding_uses_no_deprecated_transformers_argument(pair, name):
     handler, logger = Collect(level=logging.WARNING), hf_logging.get_logger("transformers")
     logger.addHandler(handler)
     try:
-        run(name, *pair, seed=0, max_new_tokens=6, **({"top_k": 5} if name == "skd" else {}))
+        run(name, *pair, seed=0, max_new_tokens=6, block=block, **({"top_k": 5} if name == "skd" else {}))
     finally:
         logger.removeHandler(handler)
     assert not [m for m in records if "deprecated" in m.lower()], records

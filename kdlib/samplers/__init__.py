@@ -9,11 +9,14 @@ Names and parameters (also the config names):
 
     student    on-policy: every token from the student q.                       (no params)
     teacher    SeqKD data: every token from the teacher p.                      (no params)
-    skd        student proposal kept iff inside the teacher's top_k, else a draw from p.     top_k
-    switch     teacher emits token t iff JSD(0.5)(p_t, q_t) > τ_t.             tau0, decay, schedule
-    adaswitch  one irreversible switch to the teacher when d_i > k·mean(last `window` d).  k, window, distance
+    skd        student proposal kept iff inside the teacher's top_k, else a draw from p.     top_k, block
+    switch     teacher emits token t iff JSD(0.5)(p_t, q_t) > τ_t.             tau0, decay, schedule, block
+    adaswitch  one irreversible switch to the teacher when d_i > k·mean(last `window` d).  k, window, distance,
+                                                                                            block
 
-Every sampler runs on one KV-cached lockstep decoder (`decoder.py`); the rules are in `policies.py`.
+Every sampler runs on one KV-cached lockstep decoder (`decoder.py`); the rules are in `policies.py`. `block`
+= k > 1 decodes the same rule by draft-and-verify: the student drafts k tokens, the teacher reads them in one
+forward (`decoder._decode_blocks`).
 """
 from __future__ import annotations
 

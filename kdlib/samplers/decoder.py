@@ -18,7 +18,7 @@ One step t (t counted from 0 inside the response):
 Teacher and student logits may differ in width inside one tokenizer family (Qwen2.5: 152064 vs 151936):
 decisions and draws use the shared id prefix [:, :min(Vs, Vt)], renormalised (as `kdlib.divergences`).
 
-Draft-and-verify (`block` = k > 1, `_decode_blocks`): one round per row and block instead of one step.
+Draft-and-verify (`block` = k > 1, `_decode_blocks`) runs rounds instead of steps; in one round, per row:
     the student feeds the row's last emitted token, then drafts y_0 … y_{k-1} ~ q on its own cache
     the teacher reads [last emitted token, y_0 … y_{k-2}] in ONE forward: p_0 … p_{k-1}
     the rule runs position by position (the same `decide`, the same untempered q_j, p_j); at a row's first
@@ -176,7 +176,8 @@ def _cache_of(out):
 
 
 class Sampler:
-    """A token-level sampler: `sample(...)` runs the lockstep decoder with this object's rule.
+    """A token-level sampler: `sample(...)` runs the lockstep decoder with this object's rule, or
+    draft-and-verify when `block` > 1 (the same rule, a block of student drafts per teacher forward).
 
     Subclasses set `name`, `uses_student`, `uses_teacher` and implement `decide`; the rest is shared."""
 
