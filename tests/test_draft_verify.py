@@ -1,3 +1,4 @@
+# ruff: noqa: F811
 """Draft-and-verify (`block` > 1) and the student's batch under AdaSwitch: the forward calls a rollout makes.
 
 The rule itself is re-derived for every block size in tests/test_samplers.py (its recompute tests run at
@@ -7,30 +8,15 @@ student's batch.
 """
 import pytest
 import torch
-from test_samplers import EOS, PAD, prompts, response, run, tiny_llama
+
+# the same fixtures as the sampler tests (one thread, the tiny pairs); tests take them as arguments, which
+# ruff reads as redefinitions (F811)
+from test_samplers import EOS, PAD, eos_pair, one_thread, pair, prompts, response, run  # noqa: F401
 
 from kdlib.config import RunConfig
 from kdlib.samplers import SKDSampler, build_sampler
 
 N = 24  # max_new_tokens of `run`
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def pair():
-    return tiny_llama(0), tiny_llama(1)
-
-
-@pytest.fixture(scope="module")
-def eos_pair():
-    return tiny_llama(0, eos_bias=2.5), tiny_llama(1, eos_bias=2.5)
 
 
 def own_rounds(teacher_row, length: int, block: int, upto: int | None = None) -> list[int]:
