@@ -488,17 +488,19 @@ SELECTED = "selected-weights.pt"
 
 
 def _validate_candidate(trainer, rows: list[dict]) -> None:
-    """Score the current weights greedily on the validation rows; keep them if no earlier step scored as
-    high (the earliest of equal scores wins)."""
-    model = trainer.acc.unwrap_model(trainer.student)
-    score = _validation_score(trainer, rows)
-    earlier = [m["validation_score"] for m in trainer.state.metrics[:-1] if "validation_score" in m]
-    trainer.state.metrics[-1]["validation_score"] = score
-    if trainer.acc.is_main_process and (not earlier or score > max(earlier)):
+    """Score the current weights greedily on the validation rows and save them if they are now the best."""
+    metrics = trainer.state.metrics
+    metrics[-1]["validation_score"] = _validation_score(trainer, rows)
+    if trainer.acc.is_main_process and _best_step(metrics) == trainer.state.step:
+        model = trainer.acc.unwrap_model(trainer.student)
         weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         with atomic_path(trainer.run_dir / SELECTED) as tmp:
             torch.save({"step": trainer.state.step, "weights": weights}, tmp)
-    model.train()
+
+
+def _best_step(metrics: list[dict]) -> int:
+    """The evaluated step with the highest validation score; the earliest of equal scores."""
+    return -max((m["validation_score"], -m["step"]) for m in metrics if "validation_score" in m)[1]
 
 
 def _validation_score(trainer, rows: list[dict]) -> float:
@@ -516,8 +518,7 @@ def _keep_selected(trainer, rows: list[dict]) -> None:
     metrics = trainer.state.metrics
     if "validation_score" not in metrics[-1]:
         _validate_candidate(trainer, rows)
-    scored = [(m["validation_score"], -m["step"]) for m in metrics if "validation_score" in m]
-    best_step = -max(scored)[1]
+    best_step = _best_step(metrics)
     if best_step != trainer.state.step:
         saved = torch.load(trainer.run_dir / SELECTED, map_location="cpu", weights_only=True)
         if saved["step"] != best_step:
