@@ -81,8 +81,10 @@ def embedded_pair(task: str):
     """The embedded `task`'s teacher and SFT-warmed student-s as distillation starts, read from the cache
     (never trained here), its tokenizer, its training rows past the distillation's own, and its config."""
     from kdlib.config import RunConfig
-    from kdlib.experiments import load_rows, load_run, sft_init_recipe, teacher_config
+    from kdlib.experiments import load_run
     from kdlib.notebook.grids import protocol
+    from kdlib.recipes import sft_init_recipe, teacher_config
+    from kdlib.rows import load_rows
 
     cfg = RunConfig(**protocol(task, method="switch"))
     try:

@@ -5,8 +5,8 @@ The public API (documented with runnable examples in docs/api.md). Names load on
 
     rollouts      build_sampler, SAMPLER_DEFAULTS, Rollout
     divergences   per_token_loss, reduce_loss, masked_sum, forward_kl, reverse_kl, jsd, tvd,
-                  skew_forward_kl, skew_reverse_kl, DIVERGENCES
-    runs          RunConfig, load_config, run, trained_model, load_run, export_run
+                  skew_forward_kl, skew_reverse_kl, DIVERGENCES, sequence_loss_sum
+    runs          RunConfig, load_config, run, run_hash, trained_model, load_run, export_run
     data          encode_prompts, encode_batch, load_jsonl
 
 Everything else in the package is internal and may change between releases.
@@ -22,10 +22,10 @@ _PUBLIC = {
     "per_token_loss": "kdlib.divergences", "reduce_loss": "kdlib.divergences", "masked_sum": "kdlib.divergences",
     "forward_kl": "kdlib.divergences", "reverse_kl": "kdlib.divergences", "jsd": "kdlib.divergences",
     "tvd": "kdlib.divergences", "skew_forward_kl": "kdlib.divergences", "skew_reverse_kl": "kdlib.divergences",
-    "DIVERGENCES": "kdlib.divergences",
+    "DIVERGENCES": "kdlib.divergences", "sequence_loss_sum": "kdlib.loss",
     "RunConfig": "kdlib.config", "load_config": "kdlib.config",
     "run": "kdlib.experiments", "trained_model": "kdlib.experiments", "load_run": "kdlib.experiments",
-    "export_run": "kdlib.experiments",
+    "export_run": "kdlib.experiments", "run_hash": "kdlib.runcache",
     "encode_prompts": "kdlib.data", "encode_batch": "kdlib.data", "load_jsonl": "kdlib.data",
 }
 __all__ = sorted(_PUBLIC) + ["__version__"]

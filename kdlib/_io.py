@@ -64,3 +64,15 @@ def atomic_write_text(path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def check_jsonl(path) -> int:
+    """Read `path` line by line before `datasets` does, so a bad file is named with its line (counted from 1)
+    and what is wrong: not UTF-8, not JSON, not an object, or no rows at all. Returns the number of rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file {path} does not exist")
+    n = sum(1 for _ in json_lines(path))
+    if n == 0:
+        raise ValueError(f"{path}: no rows (the file is empty)")
+    return n

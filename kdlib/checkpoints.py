@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from kdlib._io import atomic_path, writing  # noqa: F401 - writing: part of this module's API
+from kdlib.runcache import run_hash
 
 _NAME = re.compile(r"step-(\d+)\.pt$")
 
@@ -60,7 +61,7 @@ def save(trainer) -> Path | None:
         "scheduler": trainer.sched.state_dict(),
         "processes": processes,
         "config": trainer.cfg.to_dict(),
-        "config_hash": trainer.cfg.hash(),
+        "config_hash": run_hash(trainer.cfg),
     }
     path = d / f"step-{trainer.state.step:06d}.pt"
     with atomic_path(path) as tmp:
@@ -143,7 +144,7 @@ def _restore(trainer, path: Path, state: dict) -> None:
     saved, current = state["config"], trainer.cfg.to_dict()
     # the run's identity is its hash: bookkeeping fields (checkpoint_every, keep_checkpoints, report_to,
     # eval_every outside DistiLLM) may change between the interrupted run and its resumption
-    same = state["config_hash"] == trainer.cfg.hash() if "config_hash" in state else saved == current
+    same = state["config_hash"] == run_hash(trainer.cfg) if "config_hash" in state else saved == current
     if not same:
         diff = sorted(k for k in saved if saved[k] != current.get(k))
         raise ValueError(f"checkpoint {path} was written by a different config (fields {diff})")

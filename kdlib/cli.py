@@ -10,6 +10,10 @@ import sys
 import textwrap
 
 from kdlib import config as config_mod
+from kdlib._env import env_flag
+
+# The modules that train, score or hash a run (torch, transformers) are imported where a command needs them:
+# --help and a config error answer in well under a second.
 
 
 def field_docs() -> dict[str, str]:
@@ -43,8 +47,6 @@ def main(argv=None) -> int:
     try:
         return _main([a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"])
     except (ValueError, FileNotFoundError, FileExistsError) as e:
-        from kdlib._env import env_flag
-
         if debug or env_flag("KDLIB_DEBUG", default=False):
             raise
         print(f"kdlib: error: {e}", file=sys.stderr)  # --debug or KDLIB_DEBUG=1 shows where it was raised
@@ -83,16 +85,23 @@ def _main(argv) -> int:
         overrides.insert(0, config_path)
         config_path = None
     cfg = config_mod.load_config(config_path, overrides)
+    if cfg.profile == "paper":  # an unknown dataset or split fails here, before any download
+        from kdlib.paper import check_config
+
+        check_config(cfg)
     if args.command == "show":
-        print(json.dumps({"hash": cfg.hash(), **cfg.to_dict(), "resolved": cfg.resolved}, indent=1))
+        from kdlib.runcache import run_hash
+
+        print(json.dumps({"hash": run_hash(cfg), **cfg.to_dict(), "resolved": cfg.resolved}, indent=1))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "eval" and args.model:
-        from kdlib.experiments import score_model
+        from kdlib.scoring import score_model
 
         print(json.dumps(score_model(cfg, args.model, out_dir=args.out, progress=not args.quiet), indent=1))
         return 0
-    from kdlib.experiments import check_export_folder, export_run, run, run_dir
+    from kdlib.experiments import check_export_folder, export_run, run
+    from kdlib.runcache import run_dir
 
     output = getattr(args, "output", None)
     if output:

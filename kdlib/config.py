@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import math
+import os
+import re
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from kdlib import names, usertask
+from kdlib.names import DIVERGENCE_PARAMS, EMBEDDED_SIZES, SAMPLER_DEFAULTS
+from kdlib.workload import PRETRAINED, TASK_SPLITS
 
 SOURCES = ("data", "seqkd", "sampler", "mix", "distillm")
 
@@ -59,7 +64,7 @@ class RunConfig:
     an embedded size; 'pretrained': a named model's weights as loaded (paper profile, SmolLM2)."""
     sft_init_steps: int = 0
     """Steps of the SFT warm-up that student_init='sft' starts from (0 = the task's recipe, run to its plateau;
-    see kdlib.experiments.sft_init_steps). Independent of `steps`, so every method starts from one student."""
+    see kdlib.recipes.sft_init_steps). Independent of `steps`, so every method starts from one student."""
     source: Optional[str] = None
     """Where a step's sequences come from: data | seqkd | sampler | mix | distillm."""
     sampler: Optional[str] = None
@@ -143,10 +148,8 @@ class RunConfig:
             raise ValueError(f"profile={self.profile!r}: choose 'embedded' or 'paper'")
         if self.student_init not in ("sft", "scratch", "pretrained"):
             raise ValueError(f"student_init={self.student_init!r}: choose 'sft', 'scratch' or 'pretrained'")
-        from kdlib.names import EMBEDDED_SIZES  # no torch: a config validates in well under a second
-
         for role in ("teacher", "student"):
-            _check_model_name(role, getattr(self, role), EMBEDDED_SIZES, self.profile)
+            _check_model_name(role, getattr(self, role))
         embedded_student = self.student in EMBEDDED_SIZES
         if self.student_init == "scratch" and not embedded_student:
             raise ValueError(f"student_init='scratch' builds an embedded size; student={self.student!r} is a "
@@ -156,27 +159,12 @@ class RunConfig:
                              "embedded size: use 'scratch' or 'sft'")
         if self.chat_template_from not in ("check", "student", "teacher"):
             raise ValueError(f"chat_template_from={self.chat_template_from!r}: choose check, student or teacher")
-        if self.profile == "paper":
-            import os
-
-            from kdlib.paper import DATASETS, parse_split
-
-            if self.task not in DATASETS:
-                raise ValueError(f"task={self.task!r} is not a paper dataset; choose one of {sorted(DATASETS)}")
-            for split in ("train", *self.eval_splits):  # fail now, not after training
-                name, s = parse_split(self.task, split)
-                if name not in DATASETS or s not in DATASETS[name].splits:
-                    raise ValueError(f"eval split {split!r}: dataset {name!r} has no split {s!r}; known "
-                                     f"datasets {sorted(DATASETS)}" + (f", its splits {sorted(DATASETS[name].splits)}"
-                                                                        if name in DATASETS else ""))
+        if self.profile == "paper":  # the dataset and its splits are checked by kdlib.paper.check_config
             if not self.data_dir and os.environ.get("KDLIB_PAPER_DATA"):  # part of the run: hash it
                 object.__setattr__(self, "data_dir", os.environ["KDLIB_PAPER_DATA"])
         elif self.data_dir:
             raise ValueError("data_dir is for profile='paper' (embedded tasks are generated, not read)")
         else:
-            from kdlib import usertask  # light: no torch
-            from kdlib.workload import TASK_SPLITS
-
             if self.task in TASK_SPLITS:
                 splits = TASK_SPLITS[self.task]
             elif usertask.is_user_task(self.task):
@@ -225,8 +213,6 @@ class RunConfig:
                              f"micro_batch_size={self.micro_batch_size}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype={self.dtype!r}: choose auto, float32 or bfloat16")
-        from kdlib import names
-
         names.validate_params(r["divergence"], **r["divergence_params"])
         if r["sampler"] is not None:
             names.validate_sampler_params(r["sampler"], **r["sampler_params"])
@@ -258,8 +244,9 @@ class RunConfig:
         d["report_to"] = list(self.report_to)
         return d
 
-    def hash(self, exclude=("eval_every", "checkpoint_every", "keep_checkpoints", "report_to")) -> str:
-        """Stable short hash of everything that changes the result (cache key)."""
+    def key_fields(self, exclude=("eval_every", "checkpoint_every", "keep_checkpoints", "report_to")) -> dict:
+        """Every field that changes this run's own result, in one canonical form: what
+        `kdlib.runcache.run_hash` hashes, together with the hashes of the runs this one starts from."""
         defaults = _defaults()
         d = {k: v for k, v in self.to_dict().items()
              if k not in exclude and not (k in ADDED_FIELDS and v == defaults[k])}
@@ -269,24 +256,14 @@ class RunConfig:
             d["distillm_schedule"] = 2  # 2: the authors' loss-margin rule, validation loss, decaying replay
         if self.select_checkpoint == "validation":  # the evaluated steps are the candidates
             d["eval_every"] = self.eval_every
-        d.update(_upstream_hashes(self))
         task = self.user_task
         if task is not None:  # your own data: its name and content, wherever the folder lies
             d["task"] = f"{task.name}@{task.digest}"
-        if self.profile == "paper":  # local copies under $KDLIB_MODELS are other weights than the hub's
-            from kdlib.paper import model_path
-
-            local = {n: model_path(n) for n in (self.teacher, self.student) if model_path(n) != n}
-            if local:
-                d["model_paths"] = local
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        return d
 
     @property
     def user_task(self):
         """The `kdlib.usertask.UserTask` when `task` is a folder of your own JSONL files, else None."""
-        from kdlib import usertask
-        from kdlib.workload import TASK_SPLITS
-
         if self.profile == "paper" or self.task in TASK_SPLITS or not usertask.is_user_task(self.task):
             return None
         return usertask.spec(self.task)
@@ -301,8 +278,6 @@ class RunConfig:
         """The fields that name the algorithm, in one form per run: a value spelled out at the preset's
         or the library's default is the same run as leaving it out (e.g. gkd with divergence 'jsd',
         beta 0.5 is gkd), and λ only counts for GKD's mix."""
-        from kdlib.names import DIVERGENCE_PARAMS, SAMPLER_DEFAULTS
-
         source, sampler, divergence, div_params = METHODS[self.method]
         r = self.resolved
         base = div_params if r["divergence"] == divergence else DIVERGENCE_PARAMS[r["divergence"]]
@@ -334,24 +309,9 @@ def _defaults() -> dict:
             for f in fields(RunConfig)}
 
 
-def _upstream_hashes(cfg: "RunConfig") -> dict:
-    """The runs this one starts from, by their own hashes, so that a changed teacher recipe or warm-up
-    invalidates every run built on it. Left out where there is none (teacher recipes, warm-ups)."""
-    from kdlib import experiments  # late import: experiments imports this module
-
-    out = {}
-    if experiments.needs_teacher_run(cfg):
-        out["teacher_run"] = experiments.teacher_config(cfg).hash()
-    if cfg.student_init == "sft":
-        out["warmup_run"] = experiments.sft_init_recipe(cfg).hash()
-    return out
-
-
 def _check_types(cfg) -> None:
     """Every field against its declared type, naming field, value and expected type: ints are ints (not 5.5,
     not true), floats take ints too, a lone string where a list is expected becomes a list of one."""
-    import typing
-
     hints = typing.get_type_hints(RunConfig)
     for f in fields(RunConfig):
         value, want = getattr(cfg, f.name), hints[f.name]
@@ -386,27 +346,19 @@ def _check_types(cfg) -> None:
             raise ValueError(f"{f.name}={value!r} must be {expected}, not {type(value).__name__}")
 
 
-def _check_model_name(role: str, name: str, sizes, profile: str, check_offline: bool = False) -> None:
+def _check_model_name(role: str, name: str, local: str | None = None, check_offline: bool = False) -> None:
     """Fail now, not after a minute of trying the hub: a typo of an embedded size, a path that does not
-    exist, or (`check_offline`, with HF_HUB_OFFLINE set) a hub name that is not in the local cache."""
-    import os
-    import re
-
-    from kdlib.workload import PRETRAINED
-
-    if name in sizes or name in PRETRAINED:
+    exist, or (`check_offline`, with HF_HUB_OFFLINE set) a hub name that is not in the local cache. `local` is
+    where the name is read from when that differs (the paper profile's copies under $KDLIB_MODELS)."""
+    if name in EMBEDDED_SIZES or name in PRETRAINED:
         return
-    known = f"embedded sizes {sorted(sizes)}, pretrained {sorted(PRETRAINED)}"
+    known = f"embedded sizes {sorted(EMBEDDED_SIZES)}, pretrained {sorted(PRETRAINED)}"
     if Path(name).expanduser().is_dir():  # a local model directory, whatever its name
         return
     if re.fullmatch(r"(student|teacher|tiny)([-_]\w*)?", name):
         raise ValueError(f"{role}={name!r} is not an embedded size; choose one of {known}, a local "
                          "directory or a hub name")
-    local = name
-    if profile == "paper":
-        from kdlib.paper import model_path
-
-        local = model_path(name)
+    local = local or name
     path = Path(local).expanduser()
     if path.is_dir():
         return
@@ -420,13 +372,13 @@ def _check_model_name(role: str, name: str, sizes, profile: str, check_offline: 
                              f"HF_HUB_OFFLINE is set: download it first or give its directory ({known})")
 
 
-def check_models_reachable(cfg: "RunConfig") -> None:
+def check_models_reachable(cfg: RunConfig, local_path=None) -> None:
     """Before a run loads anything: with HF_HUB_OFFLINE set, every hub name must be in the local cache (a
-    config alone, e.g. the paper plan, does not need the models)."""
-    from kdlib.names import EMBEDDED_SIZES
-
+    config alone, e.g. the paper plan, does not need the models). `local_path(name)` gives where a name is
+    read from (the paper profile passes `kdlib.paper.model_path`)."""
     for role in ("teacher", "student"):
-        _check_model_name(role, getattr(cfg, role), EMBEDDED_SIZES, cfg.profile, check_offline=True)
+        name = getattr(cfg, role)
+        _check_model_name(role, name, local_path(name) if local_path else None, check_offline=True)
 
 
 def _positive(cfg, *names):
@@ -498,7 +450,7 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    __import__("re").compile(r"^[-+]?\d[\d_]*(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*(?:[eE][-+]?\d+)?$"
+    re.compile(r"^[-+]?\d[\d_]*(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*(?:[eE][-+]?\d+)?$"
                              r"|^[-+]?\.\d+(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
     list("-+0123456789."))
 

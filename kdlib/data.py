@@ -9,54 +9,56 @@ A batch has one layout everywhere, whether it comes from the dataset or from a s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+from kdlib._io import check_jsonl
 
 REQUIRED_FIELDS = ("prompt", "response")
 
 
 @dataclass
 class SequenceBatch:
-    """A batch in the shared layout; `teacher_logits` (B, N, V) when a sampler kept them."""
+    """Prompt and response token ids in the one layout every part of kdlib reads: a training step's
+    micro-batch, and a sampler's rollout (`kdlib.samplers.Rollout` is this class). The fields after
+    `prompt_length` are keyword-only."""
 
-    input_ids: torch.Tensor  # (B, P+N)
-    attention_mask: torch.Tensor  # (B, P+N)
-    response_mask: torch.Tensor  # (B, P+N) bool
+    input_ids: torch.Tensor  # (B, P+N) long: left-padded prompt | response, pad after a row's EOS
+    attention_mask: torch.Tensor  # (B, P+N) long: 1 on real prompt tokens and response tokens up to EOS
+    response_mask: torch.Tensor  # (B, P+N) bool: True on response tokens including EOS (the loss targets)
     prompt_length: int  # P
-    teacher_logits: Optional[torch.Tensor] = None  # (B, N, V)
-    from_teacher: Optional[torch.Tensor] = None  # (B, P+N) bool
-
+    teacher_logits: Optional[torch.Tensor] = field(default=None, kw_only=True)
+    """(B, N, Vt) untempered teacher logits that predicted each response token: teacher_logits[:, j] is
+    the distribution over input_ids[:, P+j]. Full teacher width. Set by a sampler only when asked for and
+    the teacher ran; values after a row's EOS are not meaningful (masked by response_mask)."""
+    from_teacher: Optional[torch.Tensor] = field(default=None, kw_only=True)
+    """(B, P+N) bool: True where the teacher emitted the token (rollouts; None for dataset rows)."""
+    stats: dict = field(default_factory=dict, kw_only=True)
+    """A rollout's statistics: teacher_fraction (float), switch_positions ((B,) long: first teacher position
+    in the response, or -1), switched ((B,) bool, adaswitch only), teacher_forwards / student_forwards
+    (forward calls; a block of drafted tokens read at once is one call), student_row_steps ((B,) long: the
+    student's decoding forwards that included the row, prefill not counted), new_tokens (response tokens
+    incl. EOS), seconds (wall time), prefill_seconds and step_seconds (list, one wall time per decoding step,
+    or per round of draft-and-verify: what `benchmarks/bench_samplers.py` compares step by step; on CUDA they
+    are host times of asynchronous launches, only their sum is meaningful). Empty for dataset rows."""
     def to(self, device) -> "SequenceBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return SequenceBatch(move(self.input_ids), move(self.attention_mask), move(self.response_mask),
-                             self.prompt_length, move(self.teacher_logits), move(self.from_teacher))
+                             self.prompt_length, teacher_logits=move(self.teacher_logits),
+                             from_teacher=move(self.from_teacher), stats=self.stats)
 
 
 def validate_rows(rows, source: str, fields=REQUIRED_FIELDS) -> None:
     """Fail on the first malformed row, naming the file, the row index and the field."""
     for i, row in enumerate(rows):
-        for field in fields:
-            value = row.get(field) if isinstance(row, dict) else None
+        for name in fields:
+            value = row.get(name) if isinstance(row, dict) else None
             if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{source}: row {i}: field {field!r} must be a non-empty string, "
+                raise ValueError(f"{source}: row {i}: field {name!r} must be a non-empty string, "
                                  f"got {value!r}")
-
-
-def check_jsonl(path) -> int:
-    """Read `path` line by line before `datasets` does, so a bad file is named with its line (counted from 1)
-    and what is wrong: not UTF-8, not JSON, not an object, or no rows at all. Returns the number of rows."""
-    from kdlib._io import json_lines
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset file {path} does not exist")
-    n = sum(1 for _ in json_lines(path))
-    if n == 0:
-        raise ValueError(f"{path}: no rows (the file is empty)")
-    return n
 
 
 def load_jsonl(path, fields=REQUIRED_FIELDS) -> list[dict]:

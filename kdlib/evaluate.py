@@ -8,8 +8,10 @@ import torch
 from tqdm.auto import tqdm
 
 from kdlib._io import atomic_write_text
-from kdlib.data import encode_prompts
+from kdlib.data import encode_batch, encode_prompts
+from kdlib.loss import sequence_loss_sum
 from kdlib.metrics import answer_correct, extract_answer, rouge_l, score_prediction  # noqa: F401 - API
+from kdlib.samplers import build_sampler
 
 
 @torch.no_grad()
@@ -33,8 +35,6 @@ def sample_decode(model, tokenizer, prompts: list[str], *, max_new_tokens: int, 
                   batch_size: int = 64) -> list[str]:
     """One response per prompt sampled at `temperature` (the student sampler, KV-cached), from an explicit
     generator seeded with `seed`: the same call gives the same samples."""
-    from kdlib.samplers import build_sampler
-
     model.eval()
     sampler, gen = build_sampler("student"), torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
@@ -93,11 +93,6 @@ def evaluate(model, tokenizer, rows: list[dict], *, metric: str, max_new_tokens:
 def validation_loss(model, tokenizer, rows: list[dict], *, max_new_tokens: int, batch_size: int = 32) -> float:
     """Mean cross-entropy per response token of `rows`' reference responses (teacher forcing): the
     held-out loss DistiLLM's adaptive schedule reads. One forward per batch, no decoding."""
-    from kdlib.config import RunConfig
-    from kdlib.data import encode_batch
-    from kdlib.train import Forwards, micro_batch_loss_sum
-
-    sft = RunConfig(method="sft", max_new_tokens=max_new_tokens)  # the training step's own CE on labels
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -106,7 +101,7 @@ def validation_loss(model, tokenizer, rows: list[dict], *, max_new_tokens: int, 
         chunk = rows[i:i + batch_size]
         b = encode_batch(tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk],
                          max_new_tokens).to(device)
-        loss_sum, n = micro_batch_loss_sum(model, None, b, sft, Forwards())
+        loss_sum, n = sequence_loss_sum(model, None, b, "ce")  # the training step's own CE on labels
         total, tokens = total + float(loss_sum), tokens + n
     model.train(was_training)
     return total / max(tokens, 1)

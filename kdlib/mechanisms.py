@@ -17,7 +17,7 @@ import torch
 
 from kdlib.data import encode_batch, encode_prompts
 from kdlib.evaluate import greedy_decode, score_rows
-from kdlib.train import response_logits
+from kdlib.loss import response_logits
 
 
 @torch.no_grad()

@@ -22,6 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from kdlib._io import check_jsonl
+from kdlib.config import METHODS, RunConfig
+from kdlib.names import SAMPLER_DEFAULTS, needs_teacher
+
 log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------------------
@@ -261,6 +265,19 @@ def parse_split(task: str, split: str) -> tuple[str, str]:
     return task, split
 
 
+def check_config(cfg: RunConfig) -> None:
+    """A paper-profile config's task and splits against the dataset registry, before anything loads: a
+    ValueError naming the unknown dataset or split and the known ones."""
+    if cfg.task not in DATASETS:
+        raise ValueError(f"task={cfg.task!r} is not a paper dataset; choose one of {sorted(DATASETS)}")
+    for split in ("train", *cfg.eval_splits):
+        name, s = parse_split(cfg.task, split)
+        if name not in DATASETS or s not in DATASETS[name].splits:
+            raise ValueError(f"eval split {split!r}: dataset {name!r} has no split {s!r}; known "
+                             f"datasets {sorted(DATASETS)}" + (f", its splits {sorted(DATASETS[name].splits)}"
+                                                                if name in DATASETS else ""))
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -291,7 +308,6 @@ def load_rows(name: str, split: str, n: Optional[int] = None, *, chat: bool,
         if not path.exists():
             raise FileNotFoundError(f"paper dataset {name!r}: no local file {path} (data_dir={data_dir})")
         origin = str(path)
-        from kdlib.data import check_jsonl
 
         check_jsonl(path)  # not UTF-8, not JSON, empty: named with its row before datasets reads it
         ds = load_dataset("json", data_files=str(path), split="train")
@@ -407,14 +423,12 @@ class PaperRun:
     row: str
     pair: str
     dataset: str
-    config: "object"  # RunConfig
+    config: RunConfig
     teacher_sft_steps: int
 
 
 def table_runs(name: str, seeds=(0,)) -> list[PaperRun]:
     """Every run of one paper table, as RunConfigs of the paper profile."""
-    from kdlib.config import METHODS, RunConfig
-
     t = TABLES[name]
     out = []
     for pair_name in t.pairs:
@@ -494,8 +508,6 @@ def estimate_gpu_hours(cfg) -> float:
     N = parameters (LoRA still runs full forward and backward passes, so it is charged the same).
     s = 1 for sampler sources, λ for GKD's mix, 0.5 for DistiLLM's adaptive schedule (a CHOSEN average).
     The student's SFT warm-up and the teacher's fine-tuning are separate runs: `estimate_sft_hours`."""
-    from kdlib import divergences
-
     spec = DATASETS[cfg.task]
     ns, nt = MODELS[cfg.student].params, MODELS[cfg.teacher].params
     p_tok, r_tok = spec.typical_tokens
@@ -506,7 +518,7 @@ def estimate_gpu_hours(cfg) -> float:
     trained = cfg.steps * cfg.batch_size * (p_tok + r_tok)
     generated = cfg.steps * cfg.batch_size * r_tok * share
     train = 6 * ns * trained
-    if divergences.needs_teacher(r["divergence"]):
+    if needs_teacher(r["divergence"]):
         train += 2 * nt * trained * (1 - share if teacher_in_sampler else 1)
     decode = 2 * ns * generated + (2 * nt * generated if teacher_in_sampler else 0)
     decode += 2 * ns * cfg.n_eval * r_tok * len(cfg.eval_splits)
@@ -603,9 +615,6 @@ def write_configs(root) -> list[Path]:
         runs = table_runs(name)
         for label, dataset in ((lbl, ds) for ds in t.datasets for lbl in t.rows):
             r = next(x for x in runs if x.row == label and x.dataset == dataset)
-            from kdlib.config import RunConfig
-            from kdlib.samplers import SAMPLER_DEFAULTS
-
             defaults = RunConfig().to_dict()
             d = {k: v for k, v in r.config.to_dict().items() if k in _CONFIG_KEYS or v != defaults[k]}
             d.pop("seed", None)

@@ -9,6 +9,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from kdlib.config import RunConfig
+
 
 def style() -> None:
     sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
@@ -35,7 +37,6 @@ def save_provenance(results: list[dict], out_dir, extra: dict | None = None) -> 
     """Which configs, seeds and commit made the figures in `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from kdlib.config import RunConfig
 
     defaults = RunConfig().to_dict()
     runs = [{"hash": r["hash"], "method": r["method"], "task": r["task"], "student": r["student"],
@@ -112,3 +113,10 @@ def differences(table: pd.DataFrame, *, title: str = "", label: str = "paired di
     if title:
         fig.suptitle(title, y=1 + 0.35 / height)  # above the panel titles, whatever the height
     return fig
+
+
+def reference_lines(ax, references: dict, *, styles=("--", ":"), fmt: str = "{name} {value:.3f}") -> None:
+    """A horizontal line per reference score (e.g. the teacher's and the warm-up student's, from
+    `kdlib.notebook.reference_scores`), each labelled with its name and value for the legend."""
+    for (name, value), style in zip(references.items(), styles):
+        ax.axhline(value, color="0.35", ls=style, lw=1, label=fmt.format(name=name, value=value))

@@ -21,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
+# kdlib's own modules are imported inside main(): this process only starts papermill kernels, and a kernel
+# imports what its notebook needs (torch included).
 
 
 # The order notebooks start in when several run at once: the longest first, and 02 (which reads 01's summ runs)
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
 
         paper.dry_run()
         return 0
-    from kdlib.notebook import Stopwatch  # the cache before: to count the runs trained
+    from kdlib.timing import Stopwatch  # the cache before: to count the runs trained
 
     selected = notebooks(args.only)
     if args.profile == "paper":  # the notebooks with paper tables; their figures go to figures/paper/
@@ -176,7 +178,7 @@ def _write_times(seconds: dict, jobs: int, elapsed: dict) -> None:
     import platform
     import subprocess
 
-    from kdlib.notebook import finished_runs, run_seconds, shipped_among
+    from kdlib.runcache import finished_runs, run_seconds, shipped_among
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip()

@@ -10,12 +10,16 @@ All randomness comes from `torch.Generator`s owned by the source, whose states a
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import torch
 
+from kdlib import workload
 from kdlib.data import SequenceBatch, encode_batch, encode_prompts
+from kdlib.evaluate import greedy_decode
 
 
 @dataclass
@@ -72,8 +76,12 @@ class Source:
         # sampling differs per process; the row order (and the coins below) are shared by all
         self.sample_gen = torch.Generator().manual_seed(seed + 1 + 1000 * rank)
 
-    # The hooks the trainer calls; a source overrides the ones it needs.
+    # The hooks the run calls; a source overrides the ones it needs.
     wants_validation = False  # True: the run measures the held-out loss and calls report_validation
+
+    def prepare(self, teacher, tokenizer, *, max_new_tokens: int, cache_key: dict) -> None:
+        """Once, after the models are loaded and before the first step (SeqKD: the teacher's responses).
+        `cache_key` names the teacher and the data, for whatever the source builds once and caches."""
 
     def new_step(self) -> None:
         """Once per optimizer step, before its micro-batches (per-step coins: GKD's λ, DistiLLM's mode)."""
@@ -107,8 +115,7 @@ class Source:
             temperature=ctx.sample_temperature, generator=self.sample_gen,
             return_teacher_logits=ctx.keep_teacher_logits and ctx.teacher is not None)
         self.last_stats = rollout.stats
-        return SequenceBatch(rollout.input_ids, rollout.attention_mask, rollout.response_mask,
-                             rollout.prompt_length, rollout.teacher_logits, rollout.from_teacher)
+        return rollout  # a Rollout is a SequenceBatch
 
     def state_dict(self):
         out = {"picker": self.picker.state_dict(), "sample_gen": self.sample_gen.get_state()}
@@ -129,7 +136,22 @@ class DataSource(Source):
 
 
 class SeqKDSource(Source):
-    """Rows whose ``teacher_response`` field was filled once by the teacher (see workload.seqkd_rows)."""
+    """The rows with the teacher's greedy responses (SeqKD data): generated in `prepare`, once per teacher and
+    data (cached under cache/seqkd), then read like fixed rows. Rows that already carry a ``teacher_response``
+    are used as they are."""
+
+    def prepare(self, teacher, tokenizer, *, max_new_tokens: int, cache_key: dict) -> None:
+        if all("teacher_response" in r for r in self.rows):
+            return
+        rows = self.rows
+
+        def build(d: Path):
+            outs = greedy_decode(teacher, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens)
+            (d / "rows.jsonl").write_text("".join(
+                json.dumps({**r, "teacher_response": o or "."}) + "\n" for r, o in zip(rows, outs)))
+
+        d = workload.cached_dir("seqkd", {**cache_key, "n": len(rows), "max_new_tokens": max_new_tokens}, build)
+        self.rows = [json.loads(line) for line in (d / "rows.jsonl").read_text().splitlines()]
 
     def batch(self, ctx, k):
         return self.fixed(ctx, k, "teacher_response"), "seqkd"

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from kdlib import divergences
+from kdlib import checkpoints
 from kdlib._io import atomic_path
 from kdlib.config import RunConfig
-from kdlib.data import SequenceBatch, position_ids
+from kdlib.data import SequenceBatch
+from kdlib.loss import Forwards, sequence_loss_sum
 from kdlib.models import keep_freed_memory
 from kdlib.sources import Source, StepContext
 
@@ -32,51 +33,13 @@ class NonFiniteLossError(RuntimeError):
     """A NaN or inf loss: the run stops, the last good checkpoint stays."""
 
 
-@dataclass
-class Forwards:
-    """Forward-pass counts, for the cost tables and provenance."""
-
-    teacher: int = 0
-    student: int = 0
-
-    def add_rollout(self, stats: dict):
-        self.teacher += int(stats.get("teacher_forwards", 0))
-        self.student += int(stats.get("student_forwards", 0))
-
-
-def response_logits(model, batch: SequenceBatch) -> torch.Tensor:
-    """Logits that predict each response token, (B, N, V): positions P-1 … P+N-2.
-
-    Only the last N+1 positions are projected to the vocabulary (`logits_to_keep`), so the prompt
-    never costs a (P, V) block."""
-    n = batch.input_ids.shape[1] - batch.prompt_length
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=position_ids(batch.attention_mask), logits_to_keep=n + 1, use_cache=False)
-    return out.logits[:, :-1]  # (B, N, V)
-
-
 def micro_batch_loss_sum(student, teacher, batch: SequenceBatch, cfg: RunConfig,
                          forwards: Forwards) -> tuple[torch.Tensor, int]:
-    """Sum of the per-position loss over response tokens of one micro-batch, and its token count."""
+    """`kdlib.loss.sequence_loss_sum` with the divergence, its parameters, the loss temperature and the chunk
+    size that `cfg` resolves to."""
     r = cfg.resolved
-    name, params = r["divergence"], dict(r["divergence_params"])
-    P = batch.prompt_length
-    mask = batch.response_mask[:, P:]  # (B, N)
-    student_logits = response_logits(student, batch)  # (B, N, V)
-    forwards.student += 1
-    kwargs = {"temperature": cfg.loss_temperature, "chunk_size": cfg.chunk_size or None, **params}
-    if divergences.needs_teacher(name):
-        teacher_logits = batch.teacher_logits
-        if teacher_logits is None:  # no logits kept by the sampler: one teacher forward
-            with torch.no_grad():
-                teacher_logits = response_logits(teacher, batch)
-            forwards.teacher += 1
-        kwargs["teacher_logits"] = teacher_logits
-    else:
-        targets = batch.input_ids[:, P:].masked_fill(~mask, -100)
-        kwargs["target_ids"] = targets
-    values = divergences.per_token_loss(name, student_logits, **kwargs)  # (B, N)
-    return divergences.masked_sum(values, mask), int(mask.sum())
+    return sequence_loss_sum(student, teacher, batch, r["divergence"], r["divergence_params"],
+                             temperature=cfg.loss_temperature, chunk_size=cfg.chunk_size or None, forwards=forwards)
 
 
 def lr_lambda(cfg: RunConfig):
@@ -232,16 +195,12 @@ class Trainer:
 
     def _kept_checkpoint(self) -> str:
         """What a stopped run leaves to resume from, said truthfully."""
-        from kdlib import checkpoints
-
         found = checkpoints.list_checkpoints(checkpoints.checkpoint_dir(self))
         return (f"the last good checkpoint {found[-1]} is kept" if found else
                 "no checkpoint was written yet (set checkpoint_every to keep one)")
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self) -> TrainState:
-        from kdlib import checkpoints
-
         cfg = self.cfg
         bar = tqdm(total=cfg.steps, initial=self.state.step, disable=not self.progress,
                    desc=f"{cfg.method} {cfg.task}", leave=False)

@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from kdlib._io import json_lines
+from kdlib.metrics import _pattern_answer, extract_answer
 
 METRICS = ("rougeL", "exact", "accuracy")
 KEYS = ("name", "metric", "prompt_field", "response_field", "answer_field", "answer_pattern")
@@ -150,8 +151,6 @@ def _row(task: UserTask, obj: dict, where: str, default_id: str) -> dict:
 def extract(text: str, pattern: str = ""):
     """The answer in `text`: group 1 of the last match of `pattern`; without a pattern, kdlib's GSM rule
     (after '####' or 'The answer is', else the last number), as a string."""
-    from kdlib.metrics import _pattern_answer, extract_answer
-
     if pattern:
         return _pattern_answer(text, pattern)
     value = extract_answer(text)

@@ -16,7 +16,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from kdlib import usertask
 from kdlib.tasks.embedded import TaskSpec, generate_rows, vocabulary, write_jsonl
+
+# kdlib.models and kdlib.data (torch, transformers) are imported inside the functions that build or load a
+# model or a tokenizer: kdlib.config reads this module's task table, and a config validates without torch.
 
 # Per task: how rows are generated and how a response is scored.
 TASK_SPECS = {
@@ -143,7 +147,6 @@ def user_tokenizer_dir(task: str) -> Path:
     """A byte-level BPE (`tokenizers`) learnt from the training prompts and responses of your task folder,
     with kdlib's special tokens and chat template, saved with save_pretrained and cached by the data's
     digest: every run on the same data shares it, and it travels with an exported model."""
-    from kdlib import usertask
     from kdlib.models import build_bpe_tokenizer
 
     spec = usertask.spec(task)

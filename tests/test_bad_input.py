@@ -1,9 +1,10 @@
 """Careless input fails at once, naming the field, value, file or variable — before any model loads."""
 import pytest
 
-from kdlib import cli
+from kdlib import cli, runcache
 from kdlib._env import env_flag
 from kdlib.config import RunConfig, load_config
+from kdlib.runcache import run_hash
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -26,8 +27,8 @@ def test_a_bad_value_names_the_field_and_what_it_must_be(override, needle):
 def test_scientific_notation_and_a_lone_split_read_as_meant():
     cfg = load_config(None, ["lr=1e-3", "weight_decay=5E-2", "eval_splits=plus", "report_to=tensorboard"])
     assert (cfg.lr, cfg.weight_decay, cfg.eval_splits, cfg.report_to) == (0.001, 0.05, ("plus",), ("tensorboard",))
-    assert load_config(None, ["lr=0.001"]).hash() == cfg.replace(weight_decay=0.0, eval_splits=("test",),
-                                                                   report_to=()).hash()
+    assert run_hash(load_config(None, ["lr=0.001"])) == run_hash(cfg.replace(weight_decay=0.0, eval_splits=("test",),
+                                                                   report_to=()))
 
 
 def test_sampler_params_without_a_sampler_are_refused():
@@ -119,14 +120,13 @@ class torch_nan:
 
 
 def test_a_truncated_result_is_moved_aside_and_the_run_counts_as_unfinished(tmp_path, caplog):
-    from kdlib import experiments
 
     (tmp_path / "result.json").write_text('{"score": 0.5, "cur')
-    assert experiments._finished(tmp_path) is False and (tmp_path / "result.json").exists()  # outside the lock
-    assert experiments._finished(tmp_path, move_aside=True) is False
+    assert runcache.finished(tmp_path) is False and (tmp_path / "result.json").exists()  # outside the lock
+    assert runcache.finished(tmp_path, move_aside=True) is False
     assert (tmp_path / "result.json.unreadable").exists() and "cannot be read" in caplog.text
     (tmp_path / "result.json").write_text('{"score": 0.5}')
-    assert experiments._finished(tmp_path) is True
+    assert runcache.finished(tmp_path) is True
 
 
 def test_a_second_process_says_whose_lock_it_waits_for(tmp_path, capfd):
@@ -211,7 +211,7 @@ def test_a_run_gives_the_same_weights_however_many_threads_the_process_had(tmp_p
         torch.set_num_threads(threads)
         result = experiments.run(cfg, progress=False)
         assert result["provenance"]["threads"] == experiments.RUN_THREADS
-        weights.append(load_file(str(cache / "runs" / cfg.hash() / "model" / "model.safetensors")))
+        weights.append(load_file(str(cache / "runs" / run_hash(cfg) / "model" / "model.safetensors")))
         assert torch.get_num_threads() == threads  # restored afterwards
     assert set(seen) == {experiments.RUN_THREADS}
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

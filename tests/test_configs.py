@@ -9,6 +9,7 @@ from conftest import cache_sharing_task_data
 
 from kdlib import cli
 from kdlib.config import METHODS, RunConfig, load_config
+from kdlib.runcache import run_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs" / "embedded").glob("*.yaml"))
@@ -26,8 +27,8 @@ def test_config_file_trains_and_evaluates_from_the_command_line(path, tmp_path, 
     assert cli.main(["train", str(path), *TINY, "--quiet"]) == 0
     printed = json.loads(capsys.readouterr().out)
     cfg = load_config(path, TINY)
-    assert printed["method"] == path.stem and printed["hash"] == cfg.hash()
-    result = json.loads((tmp_path / "cache" / "runs" / cfg.hash() / "result.json").read_text())
+    assert printed["method"] == path.stem and printed["hash"] == run_hash(cfg)
+    result = json.loads((tmp_path / "cache" / "runs" / run_hash(cfg) / "result.json").read_text())
     source, sampler, divergence, _ = METHODS[path.stem]
     assert (result["resolved_source"], result["resolved_sampler"], result["resolved_divergence"]) == \
         (source, sampler, divergence)
@@ -48,7 +49,7 @@ def test_train_output_exports_a_model_that_from_pretrained_loads(tmp_path, monke
 
     monkeypatch.setenv("KDLIB_CACHE", str(cache_sharing_task_data(tmp_path / "cache")))
     cfg = load_config(None, ["method=sft", *TINY])
-    with pytest.raises(FileNotFoundError, match=cfg.hash()):  # not trained yet: load_run names the run
+    with pytest.raises(FileNotFoundError, match=run_hash(cfg)):  # not trained yet: load_run names the run
         load_run(cfg)
     out = tmp_path / "my-student"
     assert cli.main(["train", "method=sft", *TINY, "--quiet", "--output", str(out)]) == 0
@@ -62,7 +63,7 @@ def test_train_output_exports_a_model_that_from_pretrained_loads(tmp_path, monke
     # a second export into the same (now full) folder fails before any training, in one line
     assert cli.main(["train", "method=kd", *TINY, "--quiet", "--output", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert not (tmp_path / "cache" / "runs" / load_config(None, ["method=kd", *TINY]).hash()).exists()
+    assert not (tmp_path / "cache" / "runs" / run_hash(load_config(None, ["method=kd", *TINY]))).exists()
 
 
 # Cache keys of runs that the cache, the shipped runs and every user's finished work are stored under. A change
@@ -88,4 +89,4 @@ PINNED_HASHES = {
 @pytest.mark.parametrize("name", sorted(PINNED_HASHES))
 def test_cache_keys_of_existing_runs_do_not_change(name):
     fields, pinned = PINNED_HASHES[name]
-    assert RunConfig(**fields).hash() == pinned
+    assert run_hash(RunConfig(**fields)) == pinned

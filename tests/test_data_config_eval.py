@@ -7,6 +7,7 @@ import torch
 from kdlib import config as cfgmod
 from kdlib.data import encode_batch, load_jsonl, position_ids
 from kdlib.evaluate import answer_correct, extract_answer, length_buckets, rouge_l
+from kdlib.runcache import run_hash
 
 
 def test_batch_layout_keeps_eos_target_when_pad_equals_eos(tokenizer):
@@ -75,9 +76,9 @@ def test_method_presets_and_overrides_resolve(tmp_path):
     path.write_text("method: gkd\nsteps: 7\nsampler_params: {}\n")
     c = cfgmod.load_config(path, ["divergence_params.beta=0.9", "student_data_fraction=0.25"])
     assert (c.steps, c.resolved["divergence_params"]["beta"], c.student_data_fraction) == (7, 0.9, 0.25)
-    assert c.hash() == cfgmod.load_config(path, ["student_data_fraction=0.25",
-                                                 "divergence_params.beta=0.9"]).hash()
-    assert c.hash() != c.replace(seed=1).hash()
+    assert run_hash(c) == run_hash(cfgmod.load_config(path, ["student_data_fraction=0.25",
+                                                 "divergence_params.beta=0.9"]))
+    assert run_hash(c) != run_hash(c.replace(seed=1))
     with pytest.raises(ValueError, match="unknown field 'nope'"):
         cfgmod.load_config(path, ["nope.x=1"])
 
@@ -87,14 +88,14 @@ def test_hash_ignores_spelled_out_defaults_and_operational_fields():
 
     base = cfgmod.RunConfig(method="adaswitch")
     explicit = base.replace(sampler_params=dict(SAMPLER_DEFAULTS["adaswitch"]))
-    assert base.hash() == explicit.hash()  # the same run, one cache entry
-    assert base.hash() != base.replace(sampler_params={"k": 3.0}).hash()
-    assert base.hash() == base.replace(eval_every=5, checkpoint_every=10, report_to=("tensorboard",)).hash()
-    assert base.hash() != base.replace(chat_template_from="student").hash()  # later fields count when set
+    assert run_hash(base) == run_hash(explicit)  # the same run, one cache entry
+    assert run_hash(base) != run_hash(base.replace(sampler_params={"k": 3.0}))
+    assert run_hash(base) == run_hash(base.replace(eval_every=5, checkpoint_every=10, report_to=("tensorboard",)))
+    assert run_hash(base) != run_hash(base.replace(chat_template_from="student"))  # later fields count when set
     kd = cfgmod.RunConfig(method="kd")
-    assert kd.hash() == kd.replace(student_data_fraction=1.0).hash()  # λ is GKD's mix only
+    assert run_hash(kd) == run_hash(kd.replace(student_data_fraction=1.0))  # λ is GKD's mix only
     gkd = cfgmod.RunConfig(method="gkd")
-    assert gkd.hash() != gkd.replace(student_data_fraction=1.0).hash()
+    assert run_hash(gkd) != run_hash(gkd.replace(student_data_fraction=1.0))
 
 
 def test_cli_help_documents_every_field(capsys):
@@ -178,7 +179,7 @@ def test_eval_scores_an_existing_model_directory(tokenizer, tmp_path, capsys):
 
     from kdlib.cli import main
     from kdlib.evaluate import evaluate
-    from kdlib.experiments import load_rows
+    from kdlib.rows import load_rows
     from kdlib.workload import embedded_tokenizer
 
     model_dir = tmp_path / "model"
@@ -214,10 +215,10 @@ def test_trl_names_are_aliases_and_ambiguous_or_misspelt_names_are_refused(tmp_p
     trl = load_config(None, ["method=gkd", "learning_rate=0.002", "max_steps=7", "lmbda=1", "beta=0.9"])
     ours = load_config(None, ["method=gkd", "lr=0.002", "steps=7", "student_data_fraction=1",
                               "divergence_params.beta=0.9"])
-    assert trl.hash() == ours.hash() and trl.resolved["divergence_params"]["beta"] == 0.9
+    assert run_hash(trl) == run_hash(ours) and trl.resolved["divergence_params"]["beta"] == 0.9
     path = tmp_path / "trl.yaml"
     path.write_text("method: gkd\nlearning_rate: 0.002\nmax_steps: 7\nlmbda: 1\nbeta: 0.9\n")
-    assert load_config(path).hash() == ours.hash()
+    assert run_hash(load_config(path)) == run_hash(ours)
     path.write_text("method: gkd\nlr: 0.001\nlearning_rate: 0.002\n")
     with pytest.raises(ValueError, match="'learning_rate' and 'lr' name the same field"):
         load_config(path)

@@ -13,6 +13,7 @@ import torch
 from kdlib import paper
 from kdlib.config import RunConfig, load_config
 from kdlib.models import CHAT_TEMPLATE, build_word_tokenizer
+from kdlib.runcache import run_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,15 +185,15 @@ def model_dir(tmp_path_factory):
 
 
 def test_every_pair_loads_by_name_with_its_architecture(model_dir, monkeypatch):
-    from kdlib.experiments import _named_path, resolve_tokenizer
     from kdlib.models import load_model
+    from kdlib.rows import named_path, resolve_tokenizer
 
     monkeypatch.setenv("KDLIB_MODELS", str(model_dir))
     classes = {"gpt2": "GPT2LMHeadModel", "opt": "OPTForCausalLM", "llama": "LlamaForCausalLM",
                "qwen2": "Qwen2ForCausalLM"}
     for pair in paper.PAIRS.values():
         for name in (pair.teacher, *pair.students):
-            path = _named_path(name)
+            path = named_path(name)
             assert path == str(model_dir / name)
             assert type(load_model(path)).__name__ == classes[paper.MODELS[name].arch]
         for student in pair.students:
@@ -203,7 +204,7 @@ def test_every_pair_loads_by_name_with_its_architecture(model_dir, monkeypatch):
 
 
 def test_differing_chat_templates_are_refused_unless_one_is_chosen(model_dir, monkeypatch):
-    from kdlib.experiments import resolve_tokenizer
+    from kdlib.rows import resolve_tokenizer
 
     monkeypatch.setenv("KDLIB_MODELS", str(model_dir))
     pair = paper.PAIRS["llama3"]
@@ -289,7 +290,7 @@ def test_paper_config_runs_end_to_end_on_a_tiny_stand_in_pair(model_dir, data_di
     assert any("shared id prefix" in str(w.message) for w in caught)
     assert set(result) >= {"score_test", "score_gsm_plus", "teacher_forwards", "provenance"}
     assert result["teacher_forwards"] > 0 and 0 <= result["score_gsm_plus"] <= 1
-    assert (Path(tmp_path / "cache" / "runs" / cfg.hash() / "predictions-gsm_plus.jsonl")).exists()
+    assert (Path(tmp_path / "cache" / "runs" / run_hash(cfg) / "predictions-gsm_plus.jsonl")).exists()
 
 
 def test_notebooks_name_existing_paper_tables():
@@ -314,23 +315,39 @@ def test_notebooks_name_existing_paper_tables():
 def test_paper_runs_share_warmups_and_teachers_across_rows():
     """One teacher fine-tuning per pair and dataset (whatever the student's batch), one SFT warm-up per
     student and seed, and the SFT row is that warm-up's own run (no teacher)."""
-    from kdlib.experiments import sft_init_recipe, teacher_config
+    from kdlib.recipes import sft_init_recipe, teacher_config
 
     runs = [r.config for r in paper.table_runs("switch_main")]
-    teachers = {teacher_config(c).hash() for c in runs if c.method != "sft" and c.teacher_steps}
+    teachers = {run_hash(teacher_config(c)) for c in runs if c.method != "sft" and c.teacher_steps}
     assert len(teachers) == len({(c.teacher, c.task) for c in runs})  # gpt2-large's batch 16 does not fork it
     for c in runs:
         if c.method == "sft":
             assert c.teacher_steps == 0 and c.student_init == "pretrained"
-    warmups = {(c.student, c.seed): sft_init_recipe(c).hash() for c in runs if c.student_init == "sft"}
+    warmups = {(c.student, c.seed): run_hash(sft_init_recipe(c)) for c in runs if c.student_init == "sft"}
     assert len(set(warmups.values())) == len(warmups)
 
 
-def test_paper_eval_splits_are_checked_before_training():
+def test_paper_datasets_and_splits_are_checked_before_anything_loads(monkeypatch, capsys):
+    """An unknown dataset or split fails in paper.check_config, which run() and the CLI call before the cache
+    is even looked at (the config module itself knows no paper datasets: it sits below kdlib.paper)."""
+    from kdlib import cli, experiments
+
+    kw = dict(profile="paper", teacher="Qwen/Qwen2.5-7B-Instruct", student="Qwen/Qwen2.5-0.5B-Instruct",
+              student_init="pretrained")
+    bad_split = RunConfig(task="gsm8k", eval_splits=("test", "gsm-plus:test"), **kw)
+    bad_task = RunConfig(task="gsm9k", **kw)
     with pytest.raises(ValueError, match="gsm-plus"):
-        RunConfig(profile="paper", task="gsm8k", teacher="Qwen/Qwen2.5-7B-Instruct",
-                  student="Qwen/Qwen2.5-0.5B-Instruct", student_init="pretrained",
-                  eval_splits=("test", "gsm-plus:test"))
+        paper.check_config(bad_split)
+    with pytest.raises(ValueError, match=r"task='gsm9k' is not a paper dataset; choose one of .*'gsm8k'"):
+        paper.check_config(bad_task)
+    paper.check_config(RunConfig(task="gsm8k", eval_splits=("test", "gsm_plus:test"), **kw))  # known: no error
+
+    monkeypatch.setattr(experiments, "run_dir", lambda cfg: pytest.fail("the cache was consulted first"))
+    with pytest.raises(ValueError, match="gsm-plus"):
+        experiments.run(bad_split)
+    assert cli.main(["show", "profile=paper", "task=gsm9k", "teacher=Qwen/Qwen2.5-7B-Instruct",
+                     "student=Qwen/Qwen2.5-0.5B-Instruct", "student_init=pretrained"]) == 2
+    assert "task='gsm9k' is not a paper dataset" in capsys.readouterr().err
 
 
 def test_local_models_and_data_are_part_of_the_run_hash(model_dir, data_dir, monkeypatch):
@@ -338,9 +355,9 @@ def test_local_models_and_data_are_part_of_the_run_hash(model_dir, data_dir, mon
               student="Qwen/Qwen2.5-0.5B-Instruct", student_init="pretrained", method="kd")
     monkeypatch.delenv("KDLIB_MODELS", raising=False)
     monkeypatch.delenv("KDLIB_PAPER_DATA", raising=False)
-    hub = RunConfig(**kw).hash()
+    hub = run_hash(RunConfig(**kw))
     monkeypatch.setenv("KDLIB_MODELS", str(model_dir))
-    assert RunConfig(**kw).hash() != hub
+    assert run_hash(RunConfig(**kw)) != hub
     monkeypatch.delenv("KDLIB_MODELS")
     monkeypatch.setenv("KDLIB_PAPER_DATA", str(data_dir))
-    assert RunConfig(**kw).data_dir == str(data_dir) and RunConfig(**kw).hash() != hub
+    assert RunConfig(**kw).data_dir == str(data_dir) and run_hash(RunConfig(**kw)) != hub

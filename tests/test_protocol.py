@@ -6,10 +6,11 @@ import pytest
 import torch
 from conftest import cache_sharing_task_data, tiny_llama
 
-from kdlib import experiments, mechanisms
+from kdlib import experiments, mechanisms, recipes, scoring
 from kdlib import notebook as knb
 from kdlib.config import RunConfig
 from kdlib.evaluate import evaluate, sample_decode
+from kdlib.runcache import run_hash
 from kdlib.sources import StepContext, build_source
 
 
@@ -36,7 +37,7 @@ def test_without_n_labelled_the_row_order_is_unchanged(tokenizer, arith_rows):
     assert new.label_picker is new.picker
     assert [r["id"] for r in old.take_rows(_ctx(tokenizer), 9, labelled=True)] == \
            [r["id"] for r in new.take_rows(_ctx(tokenizer), 9)]
-    assert RunConfig(method="kd").hash() == RunConfig(method="kd", n_labelled=0).hash()
+    assert run_hash(RunConfig(method="kd")) == run_hash(RunConfig(method="kd", n_labelled=0))
 
 
 def test_labelled_row_order_survives_a_checkpoint(tokenizer, arith_rows):
@@ -51,12 +52,12 @@ def test_labelled_row_order_survives_a_checkpoint(tokenizer, arith_rows):
 
 def test_the_warm_up_is_fixed_per_task_and_reads_the_labelled_rows():
     short, long = RunConfig(method="kd", task="summ", steps=20), RunConfig(method="kd", task="summ", steps=400)
-    assert experiments.sft_init_recipe(short) == experiments.sft_init_recipe(long)  # one warm-up, any steps
-    w = experiments.sft_init_recipe(RunConfig(method="kd", task="arith", n_train=4000, n_labelled=1000))
-    assert (w.steps, w.n_train) == (experiments.SFT_INIT_STEPS["arith"], 1000)
-    assert experiments.sft_init_recipe(RunConfig(method="kd", sft_init_steps=7)).steps == 7
-    assert experiments.sft_init_recipe(RunConfig(method="kd", student="tiny")).steps == experiments.SFT_INIT_STEPS_TINY
-    assert RunConfig(method="kd", steps=20).hash() != RunConfig(method="kd", steps=20, sft_init_steps=7).hash()
+    assert recipes.sft_init_recipe(short) == recipes.sft_init_recipe(long)  # one warm-up, any steps
+    w = recipes.sft_init_recipe(RunConfig(method="kd", task="arith", n_train=4000, n_labelled=1000))
+    assert (w.steps, w.n_train) == (recipes.SFT_INIT_STEPS["arith"], 1000)
+    assert recipes.sft_init_recipe(RunConfig(method="kd", sft_init_steps=7)).steps == 7
+    assert recipes.sft_init_recipe(RunConfig(method="kd", student="tiny")).steps == recipes.SFT_INIT_STEPS_TINY
+    assert run_hash(RunConfig(method="kd", steps=20)) != run_hash(RunConfig(method="kd", steps=20, sft_init_steps=7))
 
 
 def test_sampled_decoding_is_reproducible_and_differs_from_greedy(tokenizer, arith_rows):
@@ -144,7 +145,7 @@ def _selection_run(tmp_path, monkeypatch, scores: dict, kill_at: int = 0, **over
             raise KeyboardInterrupt
         return scores[trainer.state.step]
 
-    monkeypatch.setattr(experiments, "_validation_score", fake_score)
+    monkeypatch.setattr(scoring, "_validation_score", fake_score)
     cfg = RunConfig(**{**dict(method="sft", task="summ", student="tiny", teacher="tiny", teacher_steps=3, steps=4,
                               batch_size=4, n_train=32, n_eval=6, max_new_tokens=16, eval_splits=("test",),
                               lr=0.05, eval_every=1, select_checkpoint="validation"), **over})
@@ -192,6 +193,6 @@ def test_select_checkpoint_is_checked_and_part_of_the_cache_key():
     with pytest.raises(ValueError, match="set eval_every >= 1"):
         RunConfig(**base, select_checkpoint="validation")
     final, by_val = RunConfig(**base), RunConfig(**base, select_checkpoint="validation", eval_every=2)
-    assert final.hash() == RunConfig(**base, eval_every=2).hash()  # the curve alone changes no result
-    assert by_val.hash() != final.hash()
-    assert by_val.hash() != RunConfig(**base, select_checkpoint="validation", eval_every=1).hash()
+    assert run_hash(final) == run_hash(RunConfig(**base, eval_every=2))  # the curve alone changes no result
+    assert run_hash(by_val) != run_hash(final)
+    assert run_hash(by_val) != run_hash(RunConfig(**base, select_checkpoint="validation", eval_every=1))

@@ -12,8 +12,9 @@ pytestmark = [pytest.mark.slow,
 def test_smollm2_pair_distils_one_step_through_the_chat_template():
     from kdlib import workload
     from kdlib.config import RunConfig
-    from kdlib.experiments import resolve_tokenizer, run
+    from kdlib.experiments import run
     from kdlib.models import load_model, n_params
+    from kdlib.rows import resolve_tokenizer
 
     teacher = load_model(str(workload.smollm2_dir()))
     student = load_model(str(workload.smollm2_pruned_dir()))

@@ -5,9 +5,10 @@ import pytest
 import torch
 from conftest import tiny_llama
 
-from kdlib import checkpoints
+from kdlib import checkpoints, recipes, runcache
 from kdlib.config import RunConfig
 from kdlib.data import encode_batch
+from kdlib.runcache import run_hash
 from kdlib.samplers import build_sampler
 from kdlib.sources import build_source
 from kdlib.train import Forwards, NonFiniteLossError, Trainer, micro_batch_loss_sum
@@ -70,6 +71,33 @@ def test_all_masked_batch_gives_zero_loss_and_finite_gradients(tokenizer, models
         loss.backward()
         assert n == 0 and loss.item() == 0.0
         assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
+
+
+def test_the_loss_needs_no_run_config_and_validation_is_the_mean_cross_entropy(tokenizer, models):
+    """kdlib.loss.sequence_loss_sum takes a divergence name and its parameters: the trainer's micro-batch loss
+    is it with the config's values, and evaluate.validation_loss is the mean reference-token cross-entropy."""
+    from kdlib.evaluate import validation_loss
+    from kdlib.loss import sequence_loss_sum
+
+    student, teacher = models
+    rows = [{"prompt": "ana has 3 apples .", "response": "#### 3"},
+            {"prompt": "bo has 12 pens and gets 4 more .", "response": "12 + 4 = 16 #### 16"}]
+    b = encode_batch(tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows], 16)
+    cfg = RunConfig(method="gkd", divergence_params={"beta": 0.3}, loss_temperature=2.0)
+    with torch.no_grad():
+        ours = micro_batch_loss_sum(student, teacher, b, cfg, Forwards())
+        plain = sequence_loss_sum(student, teacher, b, "jsd", {"beta": 0.3}, temperature=2.0)
+        assert ours[1] == plain[1] and torch.equal(ours[0], plain[0])
+        other = sequence_loss_sum(student, teacher, b, "jsd", {"beta": 0.7}, temperature=2.0)[0]
+        assert not torch.equal(other, plain[0])  # the parameters reach the divergence
+
+        P = b.prompt_length
+        logits = student(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                         position_ids=(b.attention_mask.cumsum(-1) - 1).clamp(min=0)).logits[:, P - 1:-1]
+        targets = b.input_ids[:, P:].masked_fill(~b.response_mask[:, P:], -100)
+        expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                                                     ignore_index=-100)
+    assert validation_loss(student, tokenizer, rows, max_new_tokens=16) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_progress_bar_redraws_at_its_interval_not_at_every_step(tokenizer, arith_rows, tmp_path, monkeypatch,
@@ -377,13 +405,13 @@ def test_a_shipped_run_fills_an_empty_cache_without_training(tmp_path, monkeypat
 
     from kdlib import experiments
 
-    cfg = experiments.teacher_recipe("arith", "tiny", steps=3)
-    shipped = tmp_path / "shipped" / cfg.hash()
+    cfg = recipes.teacher_recipe("arith", "tiny", steps=3)
+    shipped = tmp_path / "shipped" / run_hash(cfg)
     (shipped / "model").mkdir(parents=True)
     (shipped / "model" / "config.json").write_text("{}")
     (shipped / "model" / "model.safetensors").write_bytes(b"w")
-    (shipped / "result.json").write_text(json.dumps({"hash": cfg.hash(), "score": 0.5}))
-    monkeypatch.setattr(experiments, "SHIPPED", tmp_path / "shipped")
+    (shipped / "result.json").write_text(json.dumps({"hash": run_hash(cfg), "score": 0.5}))
+    monkeypatch.setattr(runcache, "SHIPPED", tmp_path / "shipped")
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("KDLIB_SHIPPED", raising=False)
 
@@ -393,7 +421,7 @@ def test_a_shipped_run_fills_an_empty_cache_without_training(tmp_path, monkeypat
     monkeypatch.setattr(experiments, "_run_uncached", no_training)
     result = experiments.run(cfg)
     assert result["score"] == 0.5 and result["shipped"] is True
-    d = experiments.run_dir(cfg)
+    d = runcache.run_dir(cfg)
     assert (d / "model" / "config.json").exists() and json.loads((d / "result.json").read_text())["shipped"]
     # KDLIB_SHIPPED=0: a fully cold run trains it (in a fresh cache)
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cold"))
@@ -407,24 +435,23 @@ def test_no_shipped_run_is_stale_and_a_stale_one_is_named(tmp_path, monkeypatch)
     unused while a fresh clone trains the teacher again."""
     import json
 
-    from kdlib import experiments
 
     monkeypatch.delenv("KDLIB_SHIPPED", raising=False)
-    assert experiments.stale_shipped_runs() == []
-    assert experiments.shipped_run(experiments.teacher_recipe("arith")) is not None  # the quickstart's teacher
-    assert experiments.shipped_run(experiments.teacher_recipe("summ")) is not None  # 01-03's summ teacher
-    monkeypatch.setattr(experiments, "SHIPPED", tmp_path)
-    cfg = experiments.teacher_recipe("arith", "tiny")  # the default steps: what teacher_config asks for
+    assert runcache.stale_shipped_runs() == []
+    assert runcache.shipped_run(recipes.teacher_recipe("arith")) is not None  # the quickstart's teacher
+    assert runcache.shipped_run(recipes.teacher_recipe("summ")) is not None  # 01-03's summ teacher
+    monkeypatch.setattr(runcache, "SHIPPED", tmp_path)
+    cfg = recipes.teacher_recipe("arith", "tiny")  # the default steps: what teacher_config asks for
     for name, steps in (("current", cfg.steps), ("old", 4)):  # old: a recipe whose steps have changed since
-        d = tmp_path / (cfg.hash() if name == "current" else experiments.teacher_recipe("arith", "tiny", 4).hash())
+        d = tmp_path / (run_hash(cfg) if name == "current" else run_hash(recipes.teacher_recipe("arith", "tiny", 4)))
         (d / "model").mkdir(parents=True)
         (d / "model" / "model.safetensors").write_bytes(b"w")
         (d / "result.json").write_text(json.dumps({"task": "arith", "student": "tiny", "steps": steps}))
     (tmp_path / "broken").mkdir()
-    stale = sorted(experiments.stale_shipped_runs())
+    stale = sorted(runcache.stale_shipped_runs())
     assert len(stale) == 2
-    old_hash = experiments.teacher_recipe("arith", "tiny", 4).hash()
-    assert any(f"{old_hash}: teacher_recipe('arith') now hashes to {cfg.hash()}" in m for m in stale)
+    old_hash = run_hash(recipes.teacher_recipe("arith", "tiny", 4))
+    assert any(f"{old_hash}: teacher_recipe('arith') now hashes to {run_hash(cfg)}" in m for m in stale)
     assert any("broken: unreadable" in m for m in stale)
 
 
@@ -435,20 +462,20 @@ def test_ship_run_copies_a_finished_run_that_run_then_installs(tmp_path, monkeyp
 
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("KDLIB_SHIPPED", raising=False)
-    monkeypatch.setattr(experiments, "SHIPPED", tmp_path / "shipped")
-    cfg = experiments.teacher_recipe("arith", "tiny", steps=3)
+    monkeypatch.setattr(runcache, "SHIPPED", tmp_path / "shipped")
+    cfg = recipes.teacher_recipe("arith", "tiny", steps=3)
     with pytest.raises(FileNotFoundError, match="no finished run"):
-        experiments.ship_run(cfg)
-    d = experiments.run_dir(cfg)
+        runcache.ship_run(cfg)
+    d = runcache.run_dir(cfg)
     (d / "model").mkdir(parents=True)
     (d / "model" / "model.safetensors").write_bytes(b"w" * 10)
     (d / "checkpoints").mkdir()
-    (d / "result.json").write_text(json.dumps({"hash": cfg.hash(), "score": 0.25}))
-    out = experiments.ship_run(cfg)
+    (d / "result.json").write_text(json.dumps({"hash": run_hash(cfg), "score": 0.25}))
+    out = runcache.ship_run(cfg)
     assert sorted(p.name for p in out.iterdir()) == ["model", "result.json"]  # no checkpoints
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "fresh"))  # a fresh clone: empty cache
-    assert experiments.run(cfg) == {"hash": cfg.hash(), "score": 0.25, "shipped": True}
-    assert (experiments.run_dir(cfg) / "model" / "model.safetensors").read_bytes() == b"w" * 10
+    assert experiments.run(cfg) == {"hash": run_hash(cfg), "score": 0.25, "shipped": True}
+    assert (runcache.run_dir(cfg) / "model" / "model.safetensors").read_bytes() == b"w" * 10
 
 
 def test_the_learning_curve_ends_at_the_final_score_decoded_once(tmp_path, monkeypatch):
@@ -474,7 +501,7 @@ def test_the_learning_curve_ends_at_the_final_score_decoded_once(tmp_path, monke
     assert points[1] is None and points[2] is not None and points[4] == result["score"]
     # step 2's curve point, then the final scores (greedy, sampled at T = 1); step 4's point is not decoded again
     assert calls == [4, 4, 4]
-    with open(tmp_path / "cache" / "runs" / cfg.hash() / "metrics.csv") as f:
+    with open(tmp_path / "cache" / "runs" / run_hash(cfg) / "metrics.csv") as f:
         assert float(list(csv.DictReader(f))[-1]["eval_score"]) == result["score"]
 
 
@@ -489,23 +516,23 @@ def test_a_cached_run_with_another_learning_curve_is_named(tmp_path, monkeypatch
 
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
     plain = RunConfig(method="kd", task="arith", student="tiny", steps=4)
-    d = experiments.run_dir(plain)
+    d = runcache.run_dir(plain)
     d.mkdir(parents=True)
-    (d / "result.json").write_text(json.dumps({"hash": plain.hash(), "eval_every": 0, "score": 0.5}))
+    (d / "result.json").write_text(json.dumps({"hash": run_hash(plain), "eval_every": 0, "score": 0.5}))
     monkeypatch.setattr(experiments, "_run_uncached", lambda *a, **k: pytest.fail("trained a cached run"))
-    with caplog.at_level(logging.WARNING, logger="kdlib.experiments"):
+    with caplog.at_level(logging.WARNING, logger="kdlib.runcache"):
         assert experiments.run(plain)["score"] == 0.5
         assert experiments.run(RunConfig(method="kd", task="arith", student="tiny", steps=4, eval_every=0))
         assert not caplog.records  # same curve (none) asked for: nothing to say
         curve = RunConfig(method="kd", task="arith", student="tiny", steps=4, eval_every=2)
-        assert curve.hash() == plain.hash() and experiments.run(curve)["score"] == 0.5
+        assert run_hash(curve) == run_hash(plain) and experiments.run(curve)["score"] == 0.5
     assert len(caplog.records) == 1
     message = caplog.records[0].getMessage()
-    assert plain.hash() in message and "eval_every=0" in message and "eval_every=2" in message
+    assert run_hash(plain) in message and "eval_every=0" in message and "eval_every=2" in message
     # a curve cached every 2 steps holds every point of one asked every 4 steps, but not of one every 3
-    (d / "result.json").write_text(json.dumps({"hash": plain.hash(), "eval_every": 2, "score": 0.5}))
+    (d / "result.json").write_text(json.dumps({"hash": run_hash(plain), "eval_every": 2, "score": 0.5}))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="kdlib.experiments"):
+    with caplog.at_level(logging.WARNING, logger="kdlib.runcache"):
         for every in (2, 4, 0):
             experiments.run(RunConfig(method="kd", task="arith", student="tiny", steps=4, eval_every=every))
         assert not caplog.records
@@ -572,3 +599,27 @@ def test_the_schedule_is_transformers_cosine_and_equals_kdlibs_closed_form(warmu
 
     f = lr_lambda(RunConfig(warmup_steps=warmup, steps=steps))
     assert [f(i) for i in range(steps)] == [closed_form(i) for i in range(steps)]
+
+
+def test_the_seqkd_source_writes_the_teachers_responses_once(tokenizer, arith_rows, models, monkeypatch):
+    """SeqKD builds its own data in `prepare`: the teacher's greedy responses, cached by the key the run gives
+    (a second source over the same rows and key reads them without running the teacher); other sources ignore
+    the hook."""
+    from kdlib import evaluate, sources
+
+    _, teacher = models
+    rows, key = arith_rows[:6], {"teacher": "t-test", "task": "arith"}
+    calls = []
+    real = evaluate.greedy_decode
+    monkeypatch.setattr(sources, "greedy_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = build_source("seqkd", rows, seed=0)
+    first.prepare(teacher, tokenizer, max_new_tokens=8, cache_key=key)
+    expected = real(teacher, tokenizer, [r["prompt"] for r in rows], max_new_tokens=8)
+    assert [r["teacher_response"] for r in first.rows] == [o or "." for o in expected]
+    assert [r["response"] for r in first.rows] == [r["response"] for r in rows]  # the labels stay
+    second = build_source("seqkd", rows, seed=0)
+    second.prepare(None, tokenizer, max_new_tokens=8, cache_key=key)  # cached: no teacher needed
+    assert second.rows == first.rows and calls == [1]
+    data = build_source("data", rows, seed=0)
+    data.prepare(None, tokenizer, max_new_tokens=8, cache_key=key)
+    assert data.rows == rows

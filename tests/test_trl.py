@@ -10,8 +10,8 @@ trl = pytest.importorskip("trl")
 from kdlib import divergences as D  # noqa: E402
 from kdlib.config import RunConfig  # noqa: E402
 from kdlib.data import SequenceBatch  # noqa: E402
+from kdlib.loss import sequence_loss_sum  # noqa: E402
 from kdlib.samplers import position_ids  # noqa: E402
-from kdlib.train import Forwards, micro_batch_loss_sum  # noqa: E402
 
 
 def make_trainer(tokenizer, arith_rows, tmp_path, sampler, sampler_params, divergence, **div_params):
@@ -63,13 +63,56 @@ def test_a_trl_step_equals_kdlibs_own_step_on_the_same_rollout(tokenizer, arith_
         assert ro.from_teacher[ro.response_mask].any()  # the teacher wrote some of the tokens TRL trained on
 
     model.zero_grad()
-    cfg = RunConfig(method="onpolicy", divergence=divergence, divergence_params=div_params)
-    sb = SequenceBatch(ro.input_ids, ro.attention_mask, ro.response_mask, ro.prompt_length)
-    loss_sum, n = micro_batch_loss_sum(model, trainer.teacher_model, sb, cfg, Forwards())
+    sb = SequenceBatch(ro.input_ids, ro.attention_mask, ro.response_mask, ro.prompt_length)  # no kept logits
+    loss_sum, n = sequence_loss_sum(model, trainer.teacher_model, sb, divergence, div_params)
     (loss_sum / n).backward()
     assert float(trl_loss) == pytest.approx(float(loss_sum / n), rel=1e-5, abs=1e-7)
     for g_trl, p in zip(trl_grads, model.parameters()):
         torch.testing.assert_close(g_trl, p.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("sampler,params,teacher_forwards", [
+    ("adaswitch", {"k": 1.05, "window": 2}, 0),  # the sampler ran the teacher at every response position
+    ("student", {}, 1),  # the teacher never ran: one forward over the response
+])
+def test_the_loss_reuses_the_teacher_logits_the_sampler_kept(tokenizer, arith_rows, tmp_path, sampler, params,
+                                                             teacher_forwards):
+    """A step never runs the teacher twice over the same positions: after a switching rollout the loss reads the
+    sampler's teacher logits; `reuse_teacher_logits=False` runs the teacher again and gives the same loss."""
+    losses = []
+    for reuse in (True, False):
+        trainer = make_trainer(tokenizer, arith_rows, tmp_path / str(reuse), sampler, params, "fkl")
+        trainer.kd_reuse_teacher_logits = reuse
+        compute_loss = trainer.compute_loss
+        trainer.compute_loss = lambda *a, **k: losses.append(compute_loss(*a, **k)) or losses[-1]
+        trainer.train()
+        kept = trainer.kd_last_rollout.teacher_logits is not None
+        assert trainer.kd_forwards.teacher == (teacher_forwards if reuse else 1)
+        assert kept == (reuse and sampler != "student")
+    assert float(losses[0]) == pytest.approx(float(losses[1]), rel=1e-5)
+
+
+def test_on_the_datasets_own_rows_the_loss_is_the_divergence_over_trls_labels(tokenizer, arith_rows, tmp_path):
+    """Steps without a rollout (lmbda < 1: the dataset's rows) and calls asking for the outputs take the
+    full-sequence path: Σ of the divergence over the label positions / TRL's num_items_in_batch, recomputed
+    here from one forward of each model."""
+    trainer = make_trainer(tokenizer, arith_rows, tmp_path, "adaswitch", {"k": 1.05, "window": 2}, "jsd", beta=0.3)
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.kd_rolled_out = False  # the dataset's rows, as TRL's training_step passes them when no rollout ran
+    model, teacher = trainer.model, trainer.teacher_model
+    with torch.no_grad():
+        n_items = int((batch["labels"] != -100).sum()) + 3  # any count TRL passes is the denominator
+        loss = trainer.compute_loss(model, batch, num_items_in_batch=n_items)
+        kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  position_ids=position_ids(batch["attention_mask"]))
+        q, p = model(**kw).logits[:, :-1], teacher(**kw).logits[:, :-1]
+        mask = batch["labels"][:, 1:] != -100
+        expected = D.masked_sum(D.per_token_loss("jsd", q, teacher_logits=p, beta=0.3), mask) / n_items
+        assert mask.any() and float(loss) == pytest.approx(float(expected), rel=1e-5)
+        trainer.kd_rolled_out = True  # a rollout, but the outputs are asked for: the same path, its own count
+        loss2, outputs = trainer.compute_loss(model, batch, return_outputs=True, num_items_in_batch=n_items)
+        assert outputs.logits.shape[:2] == batch["input_ids"].shape
+        assert float(loss2) == pytest.approx(float(expected) * n_items / int(mask.sum()), rel=1e-5)
 
 
 def test_adaswitch_rule_holds_on_the_rollouts_trl_trains_on(tokenizer, arith_rows, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 from kdlib import cli, usertask
 from kdlib.config import load_config
 from kdlib.metrics import score_prediction
+from kdlib.runcache import run_hash
 
 TINY = ["teacher=tiny", "teacher_steps=5", "student=tiny", "steps=2", "n_train=16", "n_eval=4",
         "batch_size=4", "max_new_tokens=24"]
@@ -37,10 +38,10 @@ def test_a_task_folder_is_a_config_task_with_its_name_metric_and_splits(tmp_path
     assert rows[0]["prompt"].startswith("2 friends") and rows[0]["answer"] == "2"  # extracted from the response
     # the hash follows the data, not the folder: a copy elsewhere is the same run, an edit is another one
     moved = shutil.copytree(task, tmp_path / "elsewhere" / "mine")
-    assert load_config(None, [f"task={moved}", "eval_splits=[test,hard]"]).hash() == cfg.hash()
+    assert run_hash(load_config(None, [f"task={moved}", "eval_splits=[test,hard]"])) == run_hash(cfg)
     with open(moved / "train.jsonl", "a") as f:
         f.write(json.dumps({"question": "1 friends ?", "solution": "1 * 0 = 0 . The answer is 0"}) + "\n")
-    assert load_config(None, [f"task={moved}", "eval_splits=[test,hard]"]).hash() != cfg.hash()
+    assert run_hash(load_config(None, [f"task={moved}", "eval_splits=[test,hard]"])) != run_hash(cfg)
 
 
 @pytest.mark.parametrize("change,match", [

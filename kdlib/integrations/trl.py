@@ -22,6 +22,7 @@ import torch
 from trl.experimental.gkd import GKDTrainer
 
 from kdlib import divergences
+from kdlib.loss import Forwards, sequence_loss_sum
 from kdlib.names import DIVERGENCE_PARAMS, SAMPLER_DEFAULTS
 from kdlib.samplers import build_sampler, position_ids
 
@@ -35,11 +36,16 @@ class KDLibGKDTrainer(GKDTrainer):
     `kdlib.DIVERGENCES` but 'ce' (its params, e.g. beta for jsd). The sampling temperature, max_new_tokens
     and lmbda are GKDConfig's (`temperature`, `max_new_tokens`, `lmbda`); `seed` seeds the sampler's
     generator. The loss temperature is 1 (TRL's GKD loss applies `temperature` to the loss as well; kdlib
-    keeps the two apart: pass `loss_temperature` to change it)."""
+    keeps the two apart: pass `loss_temperature` to change it).
+
+    On a rollout whose sampler ran the teacher over every response position (SKD, SWITCH, AdaSwitch, the
+    teacher alone), the loss reads the teacher logits the sampler kept: no second teacher forward
+    (`reuse_teacher_logits=False` runs it again, at the cost of one more forward and none of (B, N, V)
+    memory). After the student sampler, one teacher forward over the response positions."""
 
     def __init__(self, *args, sampler: str = "student", sampler_params: dict | None = None,
                  divergence: str = "jsd", divergence_params: dict | None = None, loss_temperature: float = 1.0,
-                 **kwargs):
+                 reuse_teacher_logits: bool = True, **kwargs):
         if sampler not in SAMPLER_DEFAULTS:
             raise ValueError(f"sampler={sampler!r} is unknown; choose one of {sorted(SAMPLER_DEFAULTS)}")
         if divergence not in DIVERGENCE_PARAMS or not divergences.needs_teacher(divergence):
@@ -50,9 +56,11 @@ class KDLibGKDTrainer(GKDTrainer):
         self.kd_divergence_params = {**DIVERGENCE_PARAMS[divergence], **(divergence_params or {})}
         divergences.validate_params(divergence, **self.kd_divergence_params)
         self.kd_loss_temperature = loss_temperature
+        self.kd_reuse_teacher_logits = reuse_teacher_logits
         super().__init__(*args, **kwargs)
         self.kd_generator = torch.Generator().manual_seed(self.args.seed)
         self.kd_last_rollout = None  # the last Rollout: who wrote each token, switch positions, timings
+        self.kd_forwards = Forwards()  # the loss's own forward calls (the sampler's are in each rollout's stats)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.kd_rolled_out = False  # set when this step's sequences come from a rollout
@@ -69,7 +77,7 @@ class KDLibGKDTrainer(GKDTrainer):
             max_new_tokens=generation_config.max_new_tokens,
             eos_token_id=eos if eos is not None else "model",
             pad_token_id=self.processing_class.pad_token_id, temperature=generation_config.temperature,
-            generator=self.kd_generator)
+            generator=self.kd_generator, return_teacher_logits=self.kd_reuse_teacher_logits)
         self.kd_last_rollout, self.kd_rolled_out = rollout, True
         labels = rollout.input_ids.masked_fill(~rollout.response_mask, -100)
         return rollout.input_ids, rollout.attention_mask, labels
@@ -81,6 +89,15 @@ class KDLibGKDTrainer(GKDTrainer):
         kdlib's own normalisation with gradient_accumulation_steps=1; with accumulation kdlib divides by the
         whole step's count, which TRL does not know before the micro-batches are rolled out). On the dataset's
         own rows, `num_items_in_batch` as TRL gives it."""
+        rollout = self.kd_last_rollout if getattr(self, "kd_rolled_out", False) else None
+        if rollout is not None and not return_outputs and torch.equal(inputs["input_ids"], rollout.input_ids):
+            # kdlib's own loss on the rollout: the teacher logits the sampler kept, else one teacher forward over
+            # the response positions only
+            self.teacher_model.eval()
+            loss_sum, n = sequence_loss_sum(model, self.teacher_model, rollout, self.kd_divergence,
+                                            self.kd_divergence_params, temperature=self.kd_loss_temperature,
+                                            forwards=self.kd_forwards)
+            return loss_sum / max(n, 1)
         kwargs = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                       position_ids=position_ids(inputs["attention_mask"]), use_cache=False)
         student_outputs = model(**kwargs)

@@ -5,7 +5,6 @@
     kdlib.notebook.claims    paired differences, verdicts and the claims files
     kdlib.notebook.figures   composite figures the notebooks share (a paper's main table)
     kdlib.notebook.measure   measurements that load, sample or train models (workload, mechanisms, diversity)
-    kdlib.notebook.hosttime  this execution's own time, the run cache's accounting, the host's condition
 
 `from kdlib import notebook as knb` reaches every name of the parts (`knb.grid`, `knb.paired_table`, ...).
 """
@@ -13,7 +12,5 @@ from kdlib.notebook.claims import *  # noqa: F401,F403
 from kdlib.notebook.claims import _bucket, _bucketed_items, _difference_row  # noqa: F401
 from kdlib.notebook.figures import *  # noqa: F401,F403
 from kdlib.notebook.grids import *  # noqa: F401,F403
-from kdlib.notebook.hosttime import *  # noqa: F401,F403
-from kdlib.notebook.hosttime import _cached_result  # noqa: F401
 from kdlib.notebook.measure import *  # noqa: F401,F403
 from kdlib.notebook.tables import *  # noqa: F401,F403

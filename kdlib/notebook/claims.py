@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdlib.notebook.tables import evaluated, item_scores, results_frame
+from kdlib import stats
+from kdlib.notebook.tables import curves_frame, evaluated, item_scores, results_frame
+from kdlib.scoring import SAMPLED_SUFFIX
 
 
 def paired_table(results: list[dict], pairs, *, evals=None, settings=None) -> pd.DataFrame:
@@ -14,8 +16,6 @@ def paired_table(results: list[dict], pairs, *, evals=None, settings=None) -> pd
     (better, worse) in `pairs` (methods, or values of `settings`, one label per run, when given) and each
     evaluation set (`evals`, default every scored set: greedy "test", sampled "test_t1", ...), one row with both means,
     the mean paired difference, its 95 % interval, the seeds and items compared, and the verdict."""
-    from kdlib import stats
-
     sets = evals or [k[len("score_"):] for k in results[0] if k.startswith("score_")]
     rows = []
     for split in sets:
@@ -28,8 +28,6 @@ def paired_table(results: list[dict], pairs, *, evals=None, settings=None) -> pd
 
 def _difference_row(d, better: str, worse: str, split: str) -> dict:
     """One row of a paired table from a `kdlib.stats.PairedDifference`."""
-    from kdlib.experiments import SAMPLED_SUFFIX
-
     return {"eval": split.removesuffix(SAMPLED_SUFFIX),
             "decoding": "sampled T=1" if split.endswith(SAMPLED_SUFFIX) else "greedy",
             "better": better, "worse": worse, "mean_better": d.mean_a, "mean_worse": d.mean_b,
@@ -66,8 +64,6 @@ def _bucketed_items(results: list[dict], split: str) -> tuple[pd.DataFrame, list
 def paired_by_length(results: list[dict], better: str, worse: str, split: str = "test") -> pd.DataFrame:
     """`better` − `worse` paired per seed and item within each reference-length bucket (LENGTH_EDGES), one row
     per bucket (as `paired_table`, with the bucket as "group"), shortest first."""
-    from kdlib import stats
-
     items, present = _bucketed_items(results, split)
     return pd.DataFrame([{"group": b, **_difference_row(stats.compare(items[items.bucket == b], better, worse),
                                                         better, worse, split)} for b in present])
@@ -76,8 +72,6 @@ def paired_by_length(results: list[dict], better: str, worse: str, split: str = 
 def gain_grows_claim(results: list[dict], better: str, worse: str, *, paper: str, split: str = "test") -> str:
     """`better`'s paired gain over `worse` is larger on the longest responses (last LENGTH_EDGES bucket) than
     on the shortest, with the 95 % interval of the difference of the two gains (`kdlib.stats.gain_gap`)."""
-    from kdlib import stats
-
     items, present = _bucketed_items(results, split)
     if len(present) < 2:
         return f"{paper}: fewer than two length buckets"
@@ -113,8 +107,6 @@ def seed_claim(df: pd.DataFrame, by: str, better, worse, *, value: str = "score"
     """A claim on one number per run (a sampled score, self-BLEU, a switch rate): `better` > `worse`, values
     of column `by`, with the 95 % bootstrap interval of the difference over seeds — paired by seed when the
     two groups share each seed's warm-up (`paired`), else resampled independently (e.g. two tasks)."""
-    from kdlib import stats
-
     a = df[df[by] == better].groupby("seed")[value].mean()
     b = df[df[by] == worse].groupby("seed")[value].mean()
     try:
@@ -133,7 +125,6 @@ def seed_claim(df: pd.DataFrame, by: str, better, worse, *, value: str = "score"
 
 def save_claims(claims: list[str], out_dir, name: str = "claims") -> None:
     """The notebook's claim lines, as Markdown beside its figures (quoted by the README)."""
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text("".join(f"- {c}\n" for c in claims))
@@ -176,3 +167,18 @@ def training_claims(curves: pd.DataFrame, method: str, *, n_steps: int = 10) -> 
     return lines + [seed_claim(at, "method", method, best, value="eval_score",
                                paper=f"fastest early improvement: score at step {step}, {method} vs the best other "
                                      f"method there ({best})")]
+
+
+def distillm_schedule_claim(results: list[dict]) -> tuple[str | None, pd.DataFrame]:
+    """Whether DistiLLM's adaptive schedule fired in these runs: the claim line (student-output probability at
+    the end, mean and range over seeds; None when no run recorded the schedule) and the schedule's table
+    (seed, step, validation loss, student-output probability)."""
+    schedule = curves_frame([r for r in results if r["method"] == "distillm"])
+    if "student_output_probability" not in schedule:
+        return None, schedule
+    final = schedule.dropna(subset=["student_output_probability"]).groupby("seed")["student_output_probability"].last()
+    fired = "fires" if final.max() > 0 else \
+        "never fires on this run (the validation loss never rose 0.1 above its reference)"
+    claim = (f"DistiLLM's adaptive schedule {fired}: student-output probability 0 at the start, "
+             f"{final.mean():.2f} at the end (mean of {len(final)} seeds; range {final.min():.1f}-{final.max():.1f})")
+    return claim, schedule[["seed", "step", "validation_loss", "student_output_probability"]].dropna()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from kdlib import plots
 from kdlib.notebook.claims import best_baseline, paired_claims, paired_table_by
 from kdlib.notebook.tables import score_table
 
@@ -17,8 +18,6 @@ def main_table(results: list[dict], method: str, methods: list[str], *, versus: 
     `by_pair`, the paper profile), main_differences.md and main_table.png (`method` minus each method in
     `versus` and minus the best of the other `methods`, paired per seed and item, 95 % CI). Returns the
     score table, the best other method (by greedy mean) and one claim line per comparison."""
-    from kdlib import plots  # matplotlib only where a figure is drawn
-
     table = score_table(results, shown or methods, by=("student", "method") if by_pair else ("method",))
     plots.save_table(table, out_dir, "main_table")
     compared = [r for r in results if r["method"] in methods]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+from kdlib import paper, usertask, workload
 from kdlib.config import RunConfig
+from kdlib.names import EMBEDDED_SIZES
 
 # Smallest settings: every cell runs, in seconds, on tiny models (used by `make smoke` / the tests).
 SMOKE = dict(teacher="tiny", teacher_steps=5, student="tiny", steps=3, n_train=64, n_labelled=16, n_eval=8,
@@ -58,8 +60,6 @@ def grid(base: dict, smoke: bool = False, **axes) -> list[RunConfig]:
 def eval_splits(task: str) -> tuple:
     """The held-out sets a notebook scores on: every split of the task but train (arith: test and its
     perturbed "plus" split). Notebooks use the same sets so the runs they share are trained once."""
-    from kdlib import usertask, workload
-
     if task in workload.TASK_SPLITS:
         splits = workload.TASK_SPLITS[task]
     else:
@@ -74,7 +74,6 @@ def table_configs(profile: str, table: str, embedded: list[RunConfig], seeds) ->
         return embedded
     if profile != "paper":
         raise ValueError(f"profile={profile!r}: choose 'embedded' or 'paper'")
-    from kdlib import paper
 
     return [r.config for r in paper.table_runs(table, tuple(seeds))]
 
@@ -84,8 +83,6 @@ def pair_defaults(teacher: str, student: str) -> dict:
     (docs/workload.md). A pretrained model: lr 5e-5 (CHOSEN: transformers' TrainingArguments default, a
     fine-tuning rate for models of this size; the tiny models' 1e-3 made SmolLM2's pruned student write
     "The The The" after 2 steps) and batch 8 (CHOSEN: a CPU's memory at SmolLM2's 49 152-token vocabulary)."""
-    from kdlib.names import EMBEDDED_SIZES
-
     if teacher in EMBEDDED_SIZES and student in EMBEDDED_SIZES:
         return {"lr": 1e-3, "batch_size": 32}
     return {"lr": 5e-5, "batch_size": 8}

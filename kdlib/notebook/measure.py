@@ -6,18 +6,26 @@ import json
 
 import pandas as pd
 
+from kdlib import mechanisms, samplers, workload
 from kdlib.config import RunConfig
+from kdlib.data import encode_prompts
+from kdlib.evaluate import quality_and_diversity
+from kdlib.experiments import run, run_grid, trained_model
+from kdlib.models import load_model
+from kdlib.names import EMBEDDED_SIZES
 from kdlib.notebook.grids import grid, protocol
 from kdlib.notebook.tables import divergence_label, workload_frame
+from kdlib.recipes import sft_init_recipe, teacher_config
+from kdlib.rows import load_rows, named_path, task_metric
+from kdlib.runcache import run_dir
+from kdlib.scoring import score_model
 
 
 def workload_report(tasks: list[str], students: list[str], *, smoke: bool = False) -> pd.DataFrame:
-    """The embedded workload table: per task, the teacher (`kdlib.experiments.teacher_recipe`) and each
+    """The embedded workload table: per task, the teacher (`kdlib.recipes.teacher_recipe`) and each
     student warmed up by SFT on the protocol's labelled rows (`sft_init_recipe`, the start every distillation
     method shares), with parameters, training minutes, steps, rows and a score per held-out set (greedy, and
     "_t1": sampled at temperature 1). Trains what is not cached yet."""
-    from kdlib.experiments import run, run_grid, sft_init_recipe, teacher_config
-
     parts = []
     for task in tasks:
         base = protocol(task)
@@ -34,14 +42,10 @@ def mechanisms_report(tasks: list[str], student: str = "student-s", *, n_rows: i
     """What the papers' methods rely on, per task (`kdlib.mechanisms`), on `n_rows` test rows: the teacher's
     entropy and top-1 agreement with the references, the warmed-up student's exposure gap, and whether the
     teacher recovers after the student's first slip. Reads the cached teacher and seed-0 warm-up."""
-    from kdlib import mechanisms
-    from kdlib.experiments import load_rows, run_dir, sft_init_recipe, task_metric, teacher_config, trained_model
-
     out = []
     for task in tasks:
         cfg = grid(protocol(task, student=student), smoke)[0]
         student_model, tok = trained_model(sft_init_recipe(cfg), progress=False)
-        from kdlib.models import load_model
 
         teacher = load_model(str(run_dir(teacher_config(cfg)) / "model"))
         rows = load_rows(cfg, "test", 16 if smoke else n_rows)
@@ -59,9 +63,6 @@ def quality_diversity_frame(configs: list[RunConfig], temperatures, *, n_rows: i
     """GKD Fig. 4's points: for each trained run (trained first if not cached) and temperature, the mean
     score of `n_samples` samples per test prompt (first `n_rows` prompts) and their mean self-BLEU; one row
     per (run, temperature) with the run's divergence label and seed."""
-    from kdlib.evaluate import quality_and_diversity
-    from kdlib.experiments import load_rows, task_metric, trained_model
-
     points = []
     for cfg in configs:
         model, tok = trained_model(cfg)
@@ -76,8 +77,6 @@ def quality_diversity_frame(configs: list[RunConfig], temperatures, *, n_rows: i
 def reference_scores(configs: list[RunConfig], score: str = "score") -> dict:
     """The lines a score plot needs: the teacher's score and the warmed-up student's mean over the configs'
     seeds (both read from the cache, trained if missing), on the first evaluation set."""
-    from kdlib.experiments import run, sft_init_recipe, teacher_config
-
     warm = [run(sft_init_recipe(c), progress=False)[score] for c in {c.seed: c for c in configs}.values()]
     return {"teacher": run(teacher_config(configs[0]), progress=False)[score], "warm-up student": sum(warm) / len(warm)}
 
@@ -87,16 +86,12 @@ def pair_references(cfg: RunConfig) -> dict:
     the starting student's (none for a student trained from scratch). Trained runs (an embedded teacher's
     recipe, a teacher's fine-tuning, the SFT warm-up) are read from the cache or trained; a model used as
     loaded is scored once and cached by model, task and evaluation settings."""
-    from kdlib import workload
-    from kdlib.experiments import _named_path, run, score_model, sft_init_recipe, teacher_config
-    from kdlib.names import EMBEDDED_SIZES
-
     def loaded(name: str) -> float:
         key = {"model": name, "task": (cfg.user_task.digest if cfg.user_task else cfg.task), "n_eval": cfg.n_eval,
                "splits": list(cfg.eval_splits), "max_new_tokens": cfg.max_new_tokens, "profile": cfg.profile,
                "chat_template_from": cfg.chat_template_from}
         d = workload.cached_dir("scores", key,
-                                lambda dd: score_model(cfg, _named_path(name), out_dir=dd, progress=False))
+                                lambda dd: score_model(cfg, named_path(name), out_dir=dd, progress=False))
         return json.loads((d / "scores.json").read_text())["scores"][cfg.eval_splits[0].split(":", 1)[0]]
 
     trained_teacher = cfg.teacher in EMBEDDED_SIZES or cfg.teacher_steps > 0  # whatever cfg's method
@@ -115,10 +110,6 @@ def switch_positions(cfg: RunConfig, *, n_rows: int = 256, seed: int = 0) -> pd.
     position relative to the response length."""
     import torch
 
-    from kdlib import samplers
-    from kdlib.data import encode_prompts
-    from kdlib.experiments import load_rows, run_dir, sft_init_recipe, teacher_config, trained_model
-    from kdlib.models import load_model
 
     student, tok = trained_model(sft_init_recipe(cfg), progress=False)
     teacher = load_model(str(run_dir(teacher_config(cfg)) / "model"))

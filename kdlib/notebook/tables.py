@@ -6,6 +6,7 @@ import json
 import pandas as pd
 
 from kdlib.config import RunConfig
+from kdlib.runcache import folder_of
 
 
 def results_frame(results: list[dict]) -> pd.DataFrame:
@@ -78,11 +79,9 @@ def item_scores(results: list[dict], split: str = "test", settings=None) -> pd.D
     the temperature-1 samples): one row per (run, item) with method, seed, student, task, item id, score,
     and `settings[i]` as column "setting" for the i-th run when given; read from each run's
     predictions-<split>.jsonl in the run cache."""
-    from kdlib.workload import cache_root
-
     rows = []
     for k, r in enumerate(results):
-        path = cache_root() / "runs" / r["hash"] / f"predictions-{split}.jsonl"
+        path = folder_of(r["hash"]) / f"predictions-{split}.jsonl"
         if not path.exists():
             raise FileNotFoundError(f"{path}: run {r['hash']} ({r['method']} seed {r['seed']}) has no per-item "
                                     f"scores for {split!r}; its evaluation sets are {r.get('eval_splits')}")

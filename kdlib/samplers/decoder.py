@@ -31,37 +31,20 @@ from __future__ import annotations
 import inspect
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Optional, Sequence, Union
 
 import torch
 
+from kdlib.data import SequenceBatch, position_ids
+
 Tensor = torch.Tensor
 EosIds = Union[int, Sequence[int], None]
 
 
-@dataclass
-class Rollout:
-    """Sequences written by a sampler, in the shared batch layout (`kdlib.data.SequenceBatch`)."""
-
-    input_ids: Tensor  # (B, P+N) long: left-padded prompt | response, pad after a row's EOS
-    attention_mask: Tensor  # (B, P+N) long: 1 on real prompt tokens and response tokens up to EOS
-    response_mask: Tensor  # (B, P+N) bool: True on response tokens including EOS (the loss targets)
-    from_teacher: Tensor  # (B, P+N) bool: True where the teacher emitted the token
-    prompt_length: int  # P
-    teacher_logits: Optional[Tensor] = None
-    """(B, N, Vt) untempered teacher logits that predicted each response token: teacher_logits[:, j] is
-    the distribution over input_ids[:, P+j]. Full teacher width. Set only when asked for and the teacher
-    ran; values after a row's EOS are not meaningful (masked by response_mask)."""
-    stats: dict = field(default_factory=dict)
-    """teacher_fraction (float), switch_positions ((B,) long: first teacher position in the response, or
-    -1), switched ((B,) bool, adaswitch only), teacher_forwards / student_forwards (forward calls; a
-    block of drafted tokens read at once is one call), student_row_steps ((B,) long: the student's
-    decoding forwards that included the row, prefill not counted), new_tokens (response tokens incl. EOS),
-    seconds (wall time), prefill_seconds and step_seconds (list, one wall time per decoding step, or per
-    round of draft-and-verify: what `benchmarks/bench_samplers.py` compares step by step; on CUDA they are
-    host times of asynchronous launches, only their sum is meaningful)."""
+Rollout = SequenceBatch
+"""Sequences written by a sampler: a `kdlib.data.SequenceBatch`, with `from_teacher` and `stats` set (and
+`teacher_logits` when asked for), so a training step reads a rollout as it is."""
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -99,11 +82,6 @@ def _inverse_cdf(probs: Tensor, generator: torch.Generator) -> Tensor:
                    device=generator.device if generator is not None else probs.device).to(probs.device)
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # first id with cdf > u: never a p = 0 id
     return token.clamp_(max=probs.shape[-1] - 1).squeeze(-1)  # (n,)
-
-
-def position_ids(attention_mask: Tensor) -> Tensor:
-    """Positions counted over real tokens only, so left padding does not shift them."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @contextmanager

@@ -23,6 +23,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdlib._io import atomic_path
+
 NAMES = ["ana", "ben", "cara", "dan", "eva", "finn", "gus", "hana", "ivo", "jana", "kai", "lea"]
 PRONOUN = {n: ("she" if n in {"ana", "cara", "eva", "hana", "jana", "lea"} else "he") for n in NAMES}
 ITEMS = ["apples", "pears", "coins", "books", "stamps", "shells", "cards", "marbles"]
@@ -141,8 +143,6 @@ def vocabulary() -> list[str]:
 
 def write_jsonl(rows: list[dict], path: str | os.PathLike) -> Path:
     """Write rows atomically: a reader never sees a half-written file."""
-    from kdlib._io import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")

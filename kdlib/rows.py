@@ -1,0 +1,92 @@
+"""The rows a run reads and the tokenizer it reads them with: an embedded task's split, a task folder of your
+own, or a paper dataset (formatted for the pair's chat template, prompts cut to the dataset's length);
+held-out validation rows; the metric each split is scored with."""
+from __future__ import annotations
+
+import logging
+
+from kdlib import paper, usertask, workload
+from kdlib.config import RunConfig
+from kdlib.models import check_same_tokenizer, load_tokenizer
+from kdlib.names import EMBEDDED_SIZES
+
+log = logging.getLogger(__name__)
+
+
+def load_rows(cfg: RunConfig, split: str, n: int | None = None, tok=None) -> list[dict]:
+    """Rows of `split` for `cfg`: an embedded task's split, or a paper dataset ('test', 'gsm_plus',
+    'dolly:test'; see kdlib.paper.parse_split) formatted for the tokenizer's chat template or not."""
+    if cfg.profile == "embedded":
+        if cfg.user_task is not None:
+            return usertask.load_rows(cfg.task, split, n)
+        return workload.load_split(cfg.task, split, n)
+    name, s = paper.parse_split(cfg.task, split)
+    tok = tok if tok is not None else resolve_tokenizer(cfg)
+    rows = paper.load_rows(name, s, n, chat=bool(getattr(tok, "chat_template", None)),
+                           data_dir=cfg.data_dir or None)
+    return truncate_prompts(rows, tok, paper.DATASETS[name].max_prompt_tokens, f"{name}/{s}")
+
+
+def truncate_prompts(rows: list[dict], tok, max_tokens: int, what: str = "") -> list[dict]:
+    """Cut each prompt to its first `max_tokens` tokens (MiniLLM's rule), so that prompt plus
+    max_new_tokens fits the model; logs how many were cut."""
+    cut = 0
+    for row in rows:
+        ids = tok(row["prompt"], add_special_tokens=False)["input_ids"]
+        if len(ids) > max_tokens:
+            row["prompt"] = tok.decode(ids[:max_tokens])
+            cut += 1
+    if cut:
+        log.warning("%s: %d of %d prompts cut to %d tokens", what, cut, len(rows), max_tokens)
+    return rows
+
+
+def task_metric(cfg: RunConfig, split: str = "train") -> str:
+    if cfg.profile == "embedded":
+        task = cfg.user_task
+        return task.metric if task is not None else workload.TASK_METRIC[cfg.task]
+    return paper.DATASETS[paper.parse_split(cfg.task, split)[0]].metric
+
+
+def split_label(split: str) -> str:
+    """The column name of a split's score: 'test', 'plus', 'gsm_plus' (from 'gsm_plus:test')."""
+    return split.split(":", 1)[0]
+
+
+def validation_rows(cfg: RunConfig, tok=None) -> list[dict]:
+    """Held-out rows for model selection and DistiLLM's schedule: an embedded task's training rows past
+    the n_train the student sees (the pool holds 40 000), or a paper dataset's validation split (else
+    the end of its training split, past n_train)."""
+    n = min(cfg.n_eval, 200)
+    if cfg.profile == "paper" and "validation" in paper.DATASETS[cfg.task].splits:
+        return load_rows(cfg, "validation", n, tok)
+    rows = load_rows(cfg, "train", None, tok)
+    held = rows[cfg.n_train:cfg.n_train + n]
+    if not held:
+        raise ValueError(f"{cfg.task}: no training rows past n_train={cfg.n_train} to validate on")
+    return held
+
+
+def named_path(name: str) -> str:
+    """A pretrained name of the embedded profile (smollm2, …), a local directory, or a hub name (from
+    a local copy under $KDLIB_MODELS when there is one; see kdlib.paper.model_path)."""
+    return str(workload.PRETRAINED[name]()) if name in workload.PRETRAINED else paper.model_path(name)
+
+
+def resolve_tokenizer(cfg: RunConfig):
+    """The pair's tokenizer; teacher and student must share it (and its chat template)."""
+    named = [n for n in (cfg.teacher, cfg.student) if n not in EMBEDDED_SIZES]
+    if not named:
+        return workload.embedded_tokenizer(cfg.task)
+    if len(named) == 1:
+        raise ValueError(f"teacher={cfg.teacher!r} and student={cfg.student!r}: an embedded size "
+                         "cannot be paired with a pretrained model (their tokenizers differ)")
+    if cfg.teacher == cfg.student:  # a named model's own fine-tuning run
+        return load_tokenizer(named_path(cfg.student))
+    toks = [load_tokenizer(named_path(n)) for n in named]
+    if cfg.chat_template_from == "student":
+        toks[0].chat_template = toks[1].chat_template
+    elif cfg.chat_template_from == "teacher":
+        toks[1].chat_template = toks[0].chat_template
+    check_same_tokenizer(*toks)
+    return toks[1]

@@ -1,0 +1,90 @@
+"""The package's shape: no import circle anywhere in kdlib (counting imports inside functions too), and the run
+config at the bottom: kdlib.config imports only modules that import nothing of kdlib above them."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+KDLIB = Path(__file__).resolve().parent.parent / "kdlib"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the kdlib modules it imports, at the top or inside a function."""
+    modules = {}
+    for path in KDLIB.rglob("*.py"):
+        name = ".".join(path.relative_to(KDLIB.parent).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kdlib"):
+                targets = [f"{node.module}.{a.name}" for a in node.names]  # a submodule, `from kdlib import x`
+                targets += [node.module] if node.module != "kdlib" else []  # the package's own __init__ imports none
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            found |= {t for t in targets if t in modules and t != name}
+        graph[name] = found
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def reachable(graph, start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for w in graph[todo.pop()] - seen:
+            seen.add(w)
+            todo.append(w)
+    return seen
+
+
+def test_the_cycle_finder_finds_a_planted_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circle_in_kdlib():
+    assert cycles(import_graph()) == []
+
+
+def test_the_run_config_sits_below_everything_that_runs():
+    graph = import_graph()
+    below = reachable(graph, "kdlib.config")
+    assert below <= {"kdlib.names", "kdlib.usertask", "kdlib.workload", "kdlib._io", "kdlib.tasks.embedded",
+                     "kdlib.tasks", "kdlib.metrics", "kdlib.models", "kdlib._env", "kdlib.data"}, below
+    for upper in ("kdlib.experiments", "kdlib.recipes", "kdlib.runcache", "kdlib.paper", "kdlib.train"):
+        assert "kdlib.config" in reachable(graph, upper) and upper not in below
+    assert "kdlib.train" not in reachable(graph, "kdlib.evaluate")  # evaluation needs no trainer
