@@ -27,6 +27,8 @@ student_data_fraction 1 (the same algorithm). Its steps are timed by a callback,
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import statistics
 import sys
@@ -61,8 +63,8 @@ def make_trainer(cfg: RunConfig, tok, rows, run_dir: str) -> Trainer:
 
 
 def method_config(method: str, args, **over) -> RunConfig:
-    return RunConfig(method=method, batch_size=args.batch, steps=10_000, max_new_tokens=args.tokens,
-                     student_data_fraction=0.5, student_init="scratch", eval_every=1000, **over)
+    return RunConfig(**{"method": method, "batch_size": args.batch, "steps": 10_000, "max_new_tokens": args.tokens,
+                        "student_data_fraction": 0.5, "student_init": "scratch", "eval_every": 1000, **over})
 
 
 def time_steps(t: Trainer, n: int) -> tuple[float, float]:
@@ -95,9 +97,22 @@ def spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
 
 
+@contextlib.contextmanager
+def quiet():
+    """TRL's advice, transformers' deprecation notes and the train summary, printed once per repetition."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
 def trl_trainer(tok, rows, args, out_dir: str, gradient_checkpointing: bool, max_steps: int):
     """TRL's GKDTrainer, lmbda 1 (every step on the student's samples), JSD(0.5), the bench's models."""
+    import os
+
     from datasets import Dataset
+    from transformers.utils import logging as hf_logging
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    hf_logging.set_verbosity_error()  # TRL's per-trainer advice and deprecation notes, once per repetition
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     chat = Dataset.from_list([{"messages": [{"role": "user", "content": r["prompt"]},
@@ -105,10 +120,10 @@ def trl_trainer(tok, rows, args, out_dir: str, gradient_checkpointing: bool, max
     cfg = GKDConfig(output_dir=out_dir, per_device_train_batch_size=args.batch, max_steps=max_steps, lmbda=1.0,
                     beta=0.5, max_new_tokens=args.tokens, temperature=1.0, learning_rate=1e-3, report_to=[],
                     use_cpu=True, bf16=False, save_strategy="no", logging_strategy="no", seed=0,
-                    gradient_checkpointing=gradient_checkpointing)
+                    gradient_checkpointing=gradient_checkpointing, disable_tqdm=True)
     student = build_llama(EMBEDDED_SIZES["student-s"], tok, 0)
     teacher = build_llama(EMBEDDED_SIZES["teacher"], tok, 1).eval()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet():
         warnings.simplefilter("ignore")  # trl.experimental announces itself
         return GKDTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=chat, processing_class=tok)
 
@@ -127,7 +142,7 @@ def time_trl(trainer, n: int) -> float:
             laps[-1] = time.perf_counter() - laps[-1]
 
     trainer.add_callback(Clock())
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet():
         warnings.simplefilter("ignore")
         trainer.train()
     return sum(laps[1:]) / n
