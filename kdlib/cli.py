@@ -11,9 +11,10 @@ import textwrap
 
 from kdlib import config as config_mod
 from kdlib._env import env_flag
+from kdlib.paper import check_config
 
-# The modules that train, score or hash a run (torch, transformers) are imported where a command needs them:
-# --help and a config error answer in well under a second.
+# The modules that train, score or hash a run load torch (5-25 s on this CPU): they are imported where a
+# command needs them, so that --help and a config error answer at once (tests/test_bad_input.py).
 
 
 def field_docs() -> dict[str, str]:
@@ -86,8 +87,6 @@ def _main(argv) -> int:
         config_path = None
     cfg = config_mod.load_config(config_path, overrides)
     if cfg.profile == "paper":  # an unknown dataset or split fails here, before any download
-        from kdlib.paper import check_config
-
         check_config(cfg)
     if args.command == "show":
         from kdlib.runcache import run_hash

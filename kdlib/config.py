@@ -18,8 +18,8 @@ from typing import Any, Optional
 import yaml
 
 from kdlib import names, usertask
-from kdlib.names import DIVERGENCE_PARAMS, EMBEDDED_SIZES, SAMPLER_DEFAULTS
-from kdlib.workload import PRETRAINED, TASK_SPLITS
+from kdlib.names import DIVERGENCE_PARAMS, EMBEDDED_SIZES, SAMPLER_DEFAULTS, TASK_SPLITS
+from kdlib.names import PRETRAINED_NAMES as PRETRAINED
 
 SOURCES = ("data", "seqkd", "sampler", "mix", "distillm")
 

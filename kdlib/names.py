@@ -6,6 +6,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+# ---- embedded tasks and pretrained models: the names (kdlib.workload builds and loads them) -----------------
+TASK_METRIC = {"arith": "accuracy", "summ": "rougeL"}
+TASK_SPLITS = {"arith": ("train", "test", "plus"), "summ": ("train", "test")}
+PRETRAINED_NAMES = ("smollm2", "smollm2-pruned")  # named models the embedded profile uses without training
+
 # ---- divergences: name -> its parameters and their defaults (besides temperature and chunk_size) ----------
 DIVERGENCE_PARAMS = {"fkl": {}, "rkl": {}, "jsd": {"beta": 0.5}, "tvd": {}, "sfkl": {"alpha": 0.1},
                      "srkl": {"alpha": 0.1}, "ce": {}}

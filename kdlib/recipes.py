@@ -6,9 +6,9 @@ cached like any run; `kdlib.runcache.run_hash` folds their hashes into the hash 
 """
 from __future__ import annotations
 
-from kdlib import usertask, workload
+from kdlib import usertask
 from kdlib.config import RunConfig
-from kdlib.names import EMBEDDED_SIZES, needs_teacher
+from kdlib.names import EMBEDDED_SIZES, TASK_SPLITS, needs_teacher
 
 # The teacher recipe per task: SFT from scratch on the full training pool (measured in the workload
 # report, figures/01_gkd/workload.md).
@@ -24,7 +24,7 @@ SFT_INIT_STEPS_TINY = 12
 def teacher_recipe(task: str, size: str = "teacher", steps: int | None = None) -> RunConfig:
     """The embedded teacher: SFT from scratch on the whole training pool, scored on 300 held-out rows per
     split (8 for the `tiny` size of tests and smoke runs, whose score nobody reads)."""
-    splits = workload.TASK_SPLITS.get(task) or usertask.spec(task).splits
+    splits = TASK_SPLITS.get(task) or usertask.spec(task).splits
     return RunConfig(method="sft", task=task, student=size, student_init="scratch", n_train=40000,
                      steps=steps or TEACHER_STEPS.get(task, USER_TEACHER_STEPS), batch_size=32, lr=1e-3,
                      warmup_steps=50, max_grad_norm=1.0, checkpoint_every=100,

@@ -19,10 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from kdlib import paper
+from kdlib.paper import TABLES
+from kdlib.runcache import finished_runs, run_seconds, shipped_among
+from kdlib.timing import Stopwatch
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-# kdlib's own modules are imported inside main(): this process only starts papermill kernels, and a kernel
-# imports what its notebook needs (torch included).
 
 
 # The order notebooks start in when several run at once: the longest first, and 02 (which reads 01's summ runs)
@@ -72,16 +75,11 @@ def main(argv=None) -> int:
     if args.dry_run:
         if args.profile != "paper":
             ap.error("--dry-run is for --profile paper")
-        from kdlib import paper
-
         paper.dry_run()
         return 0
-    from kdlib.timing import Stopwatch  # the cache before: to count the runs trained
 
-    selected = notebooks(args.only)
+    selected = notebooks(args.only)  # (the cache before the run is read below, to count the runs trained)
     if args.profile == "paper":  # the notebooks with paper tables; their figures go to figures/paper/
-        from kdlib.paper import TABLES
-
         selected = [nb for nb in selected if nb.stem in {t.notebook for t in TABLES.values()}]
     if not selected:
         ap.error(f"no notebook in {NOTEBOOKS} matches --only {' '.join(args.only or [])}")
@@ -178,7 +176,6 @@ def _write_times(seconds: dict, jobs: int, elapsed: dict) -> None:
     import platform
     import subprocess
 
-    from kdlib.runcache import finished_runs, run_seconds, shipped_among
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip()

@@ -8,7 +8,7 @@ import logging
 from kdlib import paper, usertask, workload
 from kdlib.config import RunConfig
 from kdlib.models import check_same_tokenizer, load_tokenizer
-from kdlib.names import EMBEDDED_SIZES
+from kdlib.names import EMBEDDED_SIZES, TASK_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def truncate_prompts(rows: list[dict], tok, max_tokens: int, what: str = "") -> 
 def task_metric(cfg: RunConfig, split: str = "train") -> str:
     if cfg.profile == "embedded":
         task = cfg.user_task
-        return task.metric if task is not None else workload.TASK_METRIC[cfg.task]
+        return task.metric if task is not None else TASK_METRIC[cfg.task]
     return paper.DATASETS[paper.parse_split(cfg.task, split)[0]].metric
 
 

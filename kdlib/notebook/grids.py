@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from kdlib import paper, usertask, workload
+from kdlib import paper, usertask
 from kdlib.config import RunConfig
-from kdlib.names import EMBEDDED_SIZES
+from kdlib.names import EMBEDDED_SIZES, TASK_SPLITS
 
 # Smallest settings: every cell runs, in seconds, on tiny models (used by `make smoke` / the tests).
 SMOKE = dict(teacher="tiny", teacher_steps=5, student="tiny", steps=3, n_train=64, n_labelled=16, n_eval=8,
@@ -60,8 +60,8 @@ def grid(base: dict, smoke: bool = False, **axes) -> list[RunConfig]:
 def eval_splits(task: str) -> tuple:
     """The held-out sets a notebook scores on: every split of the task but train (arith: test and its
     perturbed "plus" split). Notebooks use the same sets so the runs they share are trained once."""
-    if task in workload.TASK_SPLITS:
-        splits = workload.TASK_SPLITS[task]
+    if task in TASK_SPLITS:
+        splits = TASK_SPLITS[task]
     else:
         splits = usertask.spec(task).splits if usertask.is_user_task(task) else ("train", "test")
     return tuple(s for s in splits if s != "train")

@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 
-from kdlib.config import RunConfig
+from kdlib.measure import divergence_label, workload_frame  # noqa: F401 - the notebooks read them here
 from kdlib.runcache import folder_of
 
 
@@ -23,29 +23,6 @@ def curves_frame(results: list[dict]) -> pd.DataFrame:
             rows.append({"method": r["method"], "seed": r["seed"], "task": r["task"],
                          "student": r["student"], **m})
     return pd.DataFrame(rows)
-
-
-def workload_frame(results: list[dict], roles: list[str]) -> pd.DataFrame:
-    """The workload report: role, size, parameters, score per split, training minutes, and where those
-    minutes were measured: "here" (trained by this cache's machine) or "shipped" (a run copied from
-    kdlib/shipped/, its minutes those of the machine that trained it)."""
-    rows = []
-    for role, r in zip(roles, results):
-        row = {"role": role, "model": r["student"], "params": r["student_params"],
-               "train_minutes": r["train_seconds"] / 60, "trained": "shipped" if r.get("shipped") else "here",
-               "steps": r["steps"], "rows": r["n_train"]}
-        row.update({k.replace("score_", ""): v for k, v in r.items() if k.startswith("score_")})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def divergence_label(cfg: RunConfig) -> str:
-    """FKL, RKL, JSD(0.5), … as in GKD's figures."""
-    r = cfg.resolved
-    name = r["divergence"]
-    if name == "jsd":
-        return f"JSD({r['divergence_params'].get('beta', 0.5)})"
-    return {"fkl": "FKL", "rkl": "RKL", "tvd": "TVD", "sfkl": "SKL", "srkl": "SRKL", "ce": "CE"}[name]
 
 
 def scores_long(results: list[dict]) -> pd.DataFrame:

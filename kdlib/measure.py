@@ -1,10 +1,13 @@
-"""Measurements a notebook makes beyond the runs themselves (they load, sample or train models): the
-workload table, the mechanisms, quality against diversity, reference scores, switch positions."""
+"""Measurements beyond the runs themselves, which load, sample or train models: the workload table, the
+mechanisms the papers rely on, quality against diversity, the reference scores a plot draws, where a switching
+sampler hands over. Each takes run configs (the notebooks build them with `kdlib.notebook.grid` and
+`kdlib.notebook.protocol`) and returns a data frame or a dict; the notebook layer only formats and plots."""
 from __future__ import annotations
 
 import json
 
 import pandas as pd
+import torch
 
 from kdlib import mechanisms, samplers, workload
 from kdlib.config import RunConfig
@@ -13,42 +16,36 @@ from kdlib.evaluate import quality_and_diversity
 from kdlib.experiments import run, run_grid, trained_model
 from kdlib.models import load_model
 from kdlib.names import EMBEDDED_SIZES
-from kdlib.notebook.grids import grid, protocol
-from kdlib.notebook.tables import divergence_label, workload_frame
 from kdlib.recipes import sft_init_recipe, teacher_config
 from kdlib.rows import load_rows, named_path, task_metric
 from kdlib.runcache import run_dir
 from kdlib.scoring import score_model
 
 
-def workload_report(tasks: list[str], students: list[str], *, smoke: bool = False) -> pd.DataFrame:
-    """The embedded workload table: per task, the teacher (`kdlib.recipes.teacher_recipe`) and each
-    student warmed up by SFT on the protocol's labelled rows (`sft_init_recipe`, the start every distillation
-    method shares), with parameters, training minutes, steps, rows and a score per held-out set (greedy, and
-    "_t1": sampled at temperature 1). Trains what is not cached yet."""
+def workload_report(configs_by_task: dict[str, list[RunConfig]]) -> pd.DataFrame:
+    """The embedded workload table: per task, the teacher (`kdlib.recipes.teacher_recipe`) and, per config,
+    the student warmed up by SFT on the protocol's labelled rows (`sft_init_recipe`, the start every
+    distillation method shares), with parameters, training minutes, steps, rows and a score per held-out set
+    (greedy, and "_t1": sampled at temperature 1). Trains what is not cached yet."""
     parts = []
-    for task in tasks:
-        base = protocol(task)
-        sft = [sft_init_recipe(c) for c in grid(base, smoke, student=students)]
-        report = [run(teacher_config(grid(base, smoke)[0]))] + run_grid(sft)
+    for task, configs in configs_by_task.items():
+        sft = [sft_init_recipe(c) for c in configs]
+        report = [run(teacher_config(configs[0]))] + run_grid(sft)
         roles = ["teacher"] + ["student (SFT warm-up)"] * len(sft)
         parts.append(workload_frame(report, roles).assign(task=task))
     table = pd.concat(parts, ignore_index=True)
     return table[["task"] + [c for c in table if c != "task"]]
 
 
-def mechanisms_report(tasks: list[str], student: str = "student-s", *, n_rows: int = 200,
-                      smoke: bool = False) -> pd.DataFrame:
+def mechanisms_report(config_by_task: dict[str, RunConfig], *, n_rows: int = 200) -> pd.DataFrame:
     """What the papers' methods rely on, per task (`kdlib.mechanisms`), on `n_rows` test rows: the teacher's
     entropy and top-1 agreement with the references, the warmed-up student's exposure gap, and whether the
-    teacher recovers after the student's first slip. Reads the cached teacher and seed-0 warm-up."""
+    teacher recovers after the student's first slip. Reads the config's cached teacher and warm-up."""
     out = []
-    for task in tasks:
-        cfg = grid(protocol(task, student=student), smoke)[0]
+    for task, cfg in config_by_task.items():
         student_model, tok = trained_model(sft_init_recipe(cfg), progress=False)
-
         teacher = load_model(str(run_dir(teacher_config(cfg)) / "model"))
-        rows = load_rows(cfg, "test", 16 if smoke else n_rows)
+        rows = load_rows(cfg, "test", n_rows)
         kw = dict(max_new_tokens=cfg.max_new_tokens)
         own = mechanisms.own_responses(student_model, tok, rows, **kw)  # decoded once for both measurements
         out.append({"task": task, **mechanisms.teacher_on_references(teacher, tok, rows, **kw),
@@ -108,9 +105,6 @@ def switch_positions(cfg: RunConfig, *, n_rows: int = 256, seed: int = 0) -> pd.
     the warmed-up student (`sft_init_recipe`) and the teacher on `n_rows` training prompts past the
     distillation's own, at the sampling temperature. One row per prompt: switched, position (tokens) and
     position relative to the response length."""
-    import torch
-
-
     student, tok = trained_model(sft_init_recipe(cfg), progress=False)
     teacher = load_model(str(run_dir(teacher_config(cfg)) / "model"))
     rows = load_rows(cfg, "train")[cfg.n_train:cfg.n_train + n_rows]
@@ -125,3 +119,26 @@ def switch_positions(cfg: RunConfig, *, n_rows: int = 256, seed: int = 0) -> pd.
     return pd.DataFrame({"task": cfg.task, "switched": (pos >= 0).numpy(), "position": pos.numpy(),
                          "relative_position": (pos.clamp_min(0) / length).numpy(),
                          "teacher_fraction": ro.stats["teacher_fraction"]})
+
+
+def workload_frame(results: list[dict], roles: list[str]) -> pd.DataFrame:
+    """The workload report: role, size, parameters, score per split, training minutes, and where those
+    minutes were measured: "here" (trained by this cache's machine) or "shipped" (a run copied from
+    kdlib/shipped/, its minutes those of the machine that trained it)."""
+    rows = []
+    for role, r in zip(roles, results):
+        row = {"role": role, "model": r["student"], "params": r["student_params"],
+               "train_minutes": r["train_seconds"] / 60, "trained": "shipped" if r.get("shipped") else "here",
+               "steps": r["steps"], "rows": r["n_train"]}
+        row.update({k.replace("score_", ""): v for k, v in r.items() if k.startswith("score_")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def divergence_label(cfg: RunConfig) -> str:
+    """FKL, RKL, JSD(0.5), … as in GKD's figures."""
+    r = cfg.resolved
+    name = r["divergence"]
+    if name == "jsd":
+        return f"JSD({r['divergence_params'].get('beta', 0.5)})"
+    return {"fkl": "FKL", "rkl": "RKL", "tvd": "TVD", "sfkl": "SKL", "srkl": "SRKL", "ce": "CE"}[name]
