@@ -93,6 +93,11 @@ def time_parts(t: Trainer, n: int) -> dict:
     return out
 
 
+def verdict(value: float, target: float) -> str:
+    """'met', or by how much a ratio misses its target (an upper bound)."""
+    return "met" if value <= target else f"missed by {value - target:.2f}"
+
+
 def spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
 
@@ -189,11 +194,14 @@ def main():
         med = {k: statistics.median(p[k] for p in parts[m]) for k in parts[m][0]}
         print(f"{m:<10} {spread(whole[m], '{:.3f}'):>20} {spread(ratio):>20} {med['draw']:7.3f} "
               f"{med['loss+backward']:9.3f} {med['update']:7.3f} {spread(over):>20} {fraction[m]:11.2f}")
-    worst = max(trainers, key=lambda m: statistics.median(w / sum(p.values()) for w, p in zip(whole[m], parts[m])))
-    print(f"target step / parts <= 1.1: the largest median is {worst}'s")
+    over_med = {m: statistics.median(w / sum(p.values()) for w, p in zip(whole[m], parts[m])) for m in trainers}
+    worst = max(over_med, key=over_med.get)
+    print(f"target step / parts <= 1.1: the largest median is {worst}'s, {over_med[worst]:.2f} "
+          f"({verdict(over_med[worst], 1.1)})")
     ada = [a / o for a, o in zip(whole["adaswitch"], whole["onpolicy"])]
     ada_skd = [a / s for a, s in zip(whole["adaswitch"], whole["skd"])]
-    print(f"AdaSwitch step: {spread(ada)} x on-policy (target <= 1.2), {spread(ada_skd)} x SKD (target < 1)")
+    print(f"AdaSwitch step: {spread(ada)} x on-policy (target <= 1.2: {verdict(statistics.median(ada), 1.2)}), "
+          f"{spread(ada_skd)} x SKD (target < 1: {verdict(statistics.median(ada_skd), 1.0)})")
     if args.no_trl:
         return
     try:
@@ -214,7 +222,8 @@ def main():
     print(f"{'kdlib':<50} {spread(times['kdlib'], '{:.3f}')}")
     for name in trl_runs:
         ratio = [k / t for k, t in zip(times["kdlib"], times[name])]
-        print(f"{name:<50} {spread(times[name], '{:.3f}')}   kdlib / TRL {spread(ratio)} (target <= 0.6)")
+        print(f"{name:<50} {spread(times[name], '{:.3f}')}   kdlib / TRL {spread(ratio)} "
+              f"(target <= 0.6: {verdict(statistics.median(ratio), 0.6)})")
 
 
 if __name__ == "__main__":
