@@ -58,6 +58,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kdlib.samplers import build_sampler, draw_tokens, position_ids  # noqa: E402
+from kdlib.samplers.decoder import _cache_argument, _cache_of  # noqa: E402
 from kdlib.samplers.policies import step_distance  # noqa: E402
 
 VOCAB, PAD = 4096, 0
@@ -132,7 +133,7 @@ def plain_loop(model, ids, mask, n_new: int, generator):
     first_pos = mask.sum(1)
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
                 logits_to_keep=1)
-    cache, logits = out.past_key_values, out.logits[:, -1]
+    cache, logits, arg = _cache_of(out), out.logits[:, -1], _cache_argument(model)  # as the samplers pass it
     laps.lap()
     for t in range(n_new):
         token = draw_tokens(logits, generator)
@@ -140,8 +141,8 @@ def plain_loop(model, ids, mask, n_new: int, generator):
         if t == n_new - 1:
             break
         out = model(input_ids=token[:, None], attention_mask=full_mask[:, :P + t + 1],
-                    position_ids=(first_pos + t)[:, None], past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+                    position_ids=(first_pos + t)[:, None], use_cache=True, **{arg: cache})
+        cache, logits = _cache_of(out), out.logits[:, -1]
         laps.lap()
     laps.lap()
     return laps.result()
@@ -161,7 +162,7 @@ def interleaved_loops(student, teacher, ids, mask, n_new: int, generator):
     for model in (student, teacher):
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
                     logits_to_keep=1)
-        states.append([model, out.past_key_values, out.logits[:, -1]])
+        states.append([model, _cache_of(out), out.logits[:, -1], _cache_argument(model)])
     laps.lap()
     for t in range(n_new):
         full_mask[:, P + t] = 1
@@ -170,8 +171,8 @@ def interleaved_loops(student, teacher, ids, mask, n_new: int, generator):
             if t == n_new - 1:
                 continue
             out = st[0](input_ids=token[:, None], attention_mask=full_mask[:, :P + t + 1],
-                        position_ids=(first_pos + t)[:, None], past_key_values=st[1], use_cache=True)
-            st[1], st[2] = out.past_key_values, out.logits[:, -1]
+                        position_ids=(first_pos + t)[:, None], use_cache=True, **{st[3]: st[1]})
+            st[1], st[2] = _cache_of(out), out.logits[:, -1]
         laps.lap()
     return laps.result()
 
