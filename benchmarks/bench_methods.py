@@ -14,9 +14,10 @@ method in turn, so a stall of this shared host lands in one repetition of one me
 taken within a repetition and printed as the median over repetitions [min, max].
 
 Where the time goes: after the whole steps, each repetition also runs the step's parts one at a time on
-the same trainer, each timed alone: drawing the step's sequences (`Trainer.draw_step`: the rollout, or the
-data), the loss with its backward (`accumulate_gradients`: student forward and backward, and a teacher
-forward unless the sampler kept the teacher's logits), and the update (clip, AdamW, scheduler). "step /
+the same trainer, from the source state the whole steps started from (so GKD's and DistiLLM's coins pick the
+same mix of sampled and fixed steps), each timed alone: drawing the step's sequences (`Trainer.draw_step`:
+the rollout, or the data), the loss with its backward (`accumulate_gradients`: student forward and backward,
+and a teacher forward unless the sampler kept the teacher's logits), and the update (clip, AdamW, scheduler). "step /
 parts" is the whole step over the sum of its parts (target <= 1.1: the loop adds nothing of its own).
 
 TRL (when `trl` is installed: `pip install kdlib[trl]`): TRL's `GKDTrainer` with lmbda 1 on the same models,
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import math
 import statistics
@@ -173,17 +175,27 @@ def main():
     trainers = {m: make_trainer(method_config(m, args), tok, rows, f"{tmp}/{m}") for m in METHODS}
     for t in trainers.values():
         t.step()  # warm-up: allocations, first-call overheads
+    # a method's steps per timing: at least `steps`, and enough for 0.25 s, so that a 16-ms step is not timed
+    # against the timer's and the host's millisecond noise
+    n_steps = {}
+    for m, t in trainers.items():
+        t0 = time.perf_counter()
+        t.step()
+        n_steps[m] = max(steps, math.ceil(0.25 / max(time.perf_counter() - t0, 1e-3)))
     whole = {m: [] for m in trainers}
     parts = {m: [] for m in trainers}
     fraction = {m: 0.0 for m in trainers}
     for _ in range(reps):
+        sources = {}
         for m, t in trainers.items():
-            seconds, frac = time_steps(t, steps)
+            sources[m] = copy.deepcopy(t.source.state_dict())  # the parts replay these steps' coins and rows
+            seconds, frac = time_steps(t, n_steps[m])
             whole[m].append(seconds)
             fraction[m] += frac / reps
         for m, t in trainers.items():
-            parts[m].append(time_parts(t, steps))
-    print(f"batch {args.batch}, max_new_tokens {args.tokens}, {reps} repetitions x {steps} steps, "
+            t.source.load_state_dict(sources[m])
+            parts[m].append(time_parts(t, n_steps[m]))
+    print(f"batch {args.batch}, max_new_tokens {args.tokens}, {reps} repetitions x {steps}+ steps (0.25 s at least), "
           f"{args.threads} thread(s); teacher {EMBEDDED_SIZES['teacher']}, student {EMBEDDED_SIZES['student-s']}")
     print("median over repetitions [min, max]; parts each timed alone, median s/step")
     print(f"{'method':<10} {'s/step':>20} {'x on-policy':>20} {'draw':>7} {'loss+bwd':>9} {'update':>7} "
