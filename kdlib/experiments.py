@@ -256,7 +256,7 @@ def provenance(device, dtype) -> dict:
             versions[pkg] = None
     return {"git_commit": commit, "versions": versions, "python": platform.python_version(),
             "device": str(device), "dtype": str(dtype), "threads": torch.get_num_threads(),
-            "pid": os.getpid()}  # which process trained it: a notebook's Stopwatch counts only its own runs
+            "pid": os.getpid()}  # which process trained it
 
 
 def run_grid(configs: list[RunConfig], *, progress: bool = True) -> list[dict]:

@@ -176,7 +176,6 @@ def _write_times(seconds: dict, jobs: int, elapsed: dict) -> None:
     import platform
     import subprocess
 
-
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip()
     lines = [f"`make reproduce` (embedded profile) on {time.strftime('%Y-%m-%d')}, commit {commit}, "

@@ -179,8 +179,3 @@ def run_seconds(hashes) -> float:
     """The sum of these cached runs' own wall times (`wall_seconds` in result.json: training, evaluation and
     saving), whichever invocation trained them; a run without the field counts 0."""
     return sum(float(result_of(h).get("wall_seconds") or 0) for h in hashes)
-
-
-def trained_by(hashes, pid: int) -> set:
-    """Those of `hashes` whose cached run was trained by process `pid` (result.json provenance `pid`)."""
-    return {h for h in hashes if result_of(h).get("provenance", {}).get("pid") == pid}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from kdlib.runcache import finished_runs, run_seconds, shipped_among, trained_by
+from kdlib.runcache import finished_runs, run_seconds, shipped_among
 
 
 def cpu_ticks(stat: str = "/proc/stat") -> list[int] | None:
@@ -44,13 +44,12 @@ class Stopwatch:
         self.start, self.runs_before, self.ticks = time.time(), finished_runs(), cpu_ticks()
 
     def elapsed(self) -> dict:
-        """Since the start: wall seconds, the runs trained (by any process; `trained_here`: by this one, e.g.
-        this notebook's kernel while `make reproduce` runs another notebook beside it) and those copied from
-        the shipped runs, and the host's CPU condition (`host_condition`, "" where unknown)."""
+        """Since the start: wall seconds, the runs trained (by any process: the notebooks' kernels) and those
+        copied from the shipped runs, the trained runs' own time, and the host's CPU condition
+        (`host_condition`, "" where unknown)."""
         seconds = time.time() - self.start
         new = finished_runs() - self.runs_before
         shipped = shipped_among(new)
         return {"seconds": seconds, "trained": len(new - shipped), "shipped": len(shipped),
-                "trained_here": len(trained_by(new - shipped, os.getpid())),
                 "trained_seconds": run_seconds(new - shipped),
                 "host": host_condition(self.ticks, cpu_ticks(), seconds)}

@@ -272,7 +272,6 @@ def test_a_full_disk_is_named_with_the_file_being_written(tokenizer, arith_rows,
     import torch
     from test_train import make_trainer
 
-
     cfg = RunConfig(method="sft", batch_size=4, steps=2, checkpoint_every=1, max_new_tokens=24)
     t = make_trainer(cfg, tokenizer, arith_rows, tmp_path)
 

@@ -435,7 +435,6 @@ def test_no_shipped_run_is_stale_and_a_stale_one_is_named(tmp_path, monkeypatch)
     unused while a fresh clone trains the teacher again."""
     import json
 
-
     monkeypatch.delenv("KDLIB_SHIPPED", raising=False)
     assert runcache.stale_shipped_runs() == []
     assert runcache.shipped_run(recipes.teacher_recipe("arith")) is not None  # the quickstart's teacher
