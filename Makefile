@@ -50,10 +50,10 @@ lint: setup
 	$(VENV)/bin/ruff check kdlib tests benchmarks
 
 smoke: setup
-	$(PY) -m kdlib.reproduce --smoke
+	$(PY) -m kdlib._reproduce --smoke
 
 reproduce: setup
-	$(PY) -m kdlib.reproduce --profile $(PROFILE) $(if $(filter 1,$(DRY_RUN)),--dry-run,)
+	$(PY) -m kdlib._reproduce --profile $(PROFILE) $(if $(filter 1,$(DRY_RUN)),--dry-run,)
 
 # QUICK=1: the headline ratios at smaller sizes (the memory bench is skipped)
 bench: setup
@@ -70,7 +70,7 @@ lab: setup
 # The companion as static HTML (site/index.html), from the executed notebooks of the last make reproduce
 # (figures/executed/, committed).
 site: setup
-	$(PY) -m kdlib.site --out site
+	$(PY) -m kdlib._site --out site
 
 clean:
 	rm -rf .cache

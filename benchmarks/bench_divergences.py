@@ -4,7 +4,7 @@
     python benchmarks/bench_divergences.py --quick    # 1024 positions, a smoke run
 
 For every divergence, two modes each run forward + backward on student logits that require grad:
-- unchunked: log_softmax of the whole (N, V) logits, then the row formula of kdlib.divergences, all under
+- unchunked: log_softmax of the whole (N, V) logits, then the row formula of kdlib._divergences, all under
   plain autograd (what a straightforward implementation does; it saves (N, V) intermediates for backward);
 - chunked: kdlib's public function (custom autograd function, chunk_size default or --chunk-size).
 With --hidden H the student logits come from hidden states (N, H) @ lm_head (V, H) instead: the unchunked
@@ -51,7 +51,7 @@ def _unchunked(name, student, other):
     """The same row formulas on the whole (N, V) block under plain autograd: saves (N, V) intermediates."""
     import torch
 
-    from kdlib.divergences import _RULES
+    from kdlib._divergences import _RULES
 
     rule = _RULES[name]
     V = student.shape[-1]
@@ -61,7 +61,7 @@ def _unchunked(name, student, other):
 
 
 def _chunked(name, student, other, chunk_size):
-    from kdlib.divergences import per_token_loss
+    from kdlib._divergences import per_token_loss
 
     key = "teacher_logits" if name != "ce" else "target_ids"
     return per_token_loss(name, student, chunk_size=chunk_size, **{key: other})
@@ -80,7 +80,7 @@ def _profiled_peak_mib(step) -> float:
 
 
 def _chunked_from_hidden(name, hidden, weight, other, chunk_size):
-    from kdlib.divergences import per_token_loss_from_hidden
+    from kdlib._divergences import per_token_loss_from_hidden
 
     key = "teacher_logits" if name != "ce" else "target_ids"
     return per_token_loss_from_hidden(name, hidden, weight, chunk_size=chunk_size, **{key: other})
@@ -161,7 +161,7 @@ def run_worker(args, name, mode) -> dict:
 def main(args) -> None:
     import torch
 
-    from kdlib.divergences import default_chunk_size
+    from kdlib._divergences import default_chunk_size
 
     rows = args.chunk_size or default_chunk_size(args.vocab, torch.device(args.device))
     print(f"N = {args.positions} positions ({args.batch} x {args.positions // args.batch}), V = {args.vocab}, "

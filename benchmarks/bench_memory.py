@@ -1,4 +1,4 @@
-"""Page faults and kernel time per training step, with and without `kdlib.models.keep_freed_memory`.
+"""Page faults and kernel time per training step, with and without `kdlib._models.keep_freed_memory`.
 
     python benchmarks/bench_memory.py [--steps 12] [--method kd]
 
@@ -30,13 +30,13 @@ def child(args) -> None:
     """One process: warm-up step, then per-step faults, user, sys and wall seconds, as JSON on stdout."""
     import torch
 
-    from kdlib.config import RunConfig
-    from kdlib.models import EMBEDDED_SIZES, build_llama, keep_freed_memory
-    from kdlib.samplers import build_sampler
-    from kdlib.sources import build_source
-    from kdlib.tasks.embedded import TaskSpec, generate_rows
-    from kdlib.train import Trainer
-    from kdlib.workload import embedded_tokenizer
+    from kdlib._config import RunConfig
+    from kdlib._models import EMBEDDED_SIZES, build_llama, keep_freed_memory
+    from kdlib._samplers import build_sampler
+    from kdlib._sources import build_source
+    from kdlib._tasks.embedded import TaskSpec, generate_rows
+    from kdlib._train import Trainer
+    from kdlib._workload import embedded_tokenizer
 
     torch.set_num_threads(args.threads)
     tok = embedded_tokenizer()

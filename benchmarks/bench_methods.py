@@ -42,13 +42,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kdlib.config import METHODS, RunConfig  # noqa: E402
-from kdlib.models import EMBEDDED_SIZES, build_llama  # noqa: E402
-from kdlib.samplers import build_sampler  # noqa: E402
-from kdlib.sources import build_source  # noqa: E402
-from kdlib.tasks.embedded import TaskSpec, generate_rows  # noqa: E402
-from kdlib.train import Trainer  # noqa: E402
-from kdlib.workload import embedded_tokenizer  # noqa: E402
+from kdlib._config import METHODS, RunConfig  # noqa: E402
+from kdlib._models import EMBEDDED_SIZES, build_llama  # noqa: E402
+from kdlib._samplers import build_sampler  # noqa: E402
+from kdlib._sources import build_source  # noqa: E402
+from kdlib._tasks.embedded import TaskSpec, generate_rows  # noqa: E402
+from kdlib._train import Trainer  # noqa: E402
+from kdlib._workload import embedded_tokenizer  # noqa: E402
 
 
 def make_trainer(cfg: RunConfig, tok, rows, run_dir: str) -> Trainer:

@@ -57,9 +57,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kdlib.samplers import build_sampler, draw_tokens, position_ids  # noqa: E402
-from kdlib.samplers.decoder import _cache_argument, _cache_of  # noqa: E402
-from kdlib.samplers.policies import step_distance  # noqa: E402
+from kdlib._samplers import build_sampler, draw_tokens, position_ids  # noqa: E402
+from kdlib._samplers.decoder import _cache_argument, _cache_of  # noqa: E402
+from kdlib._samplers.policies import step_distance  # noqa: E402
 
 VOCAB, PAD = 4096, 0
 # Default parameters. On these random models SKD's teacher replaces almost every proposal and SWITCH /
@@ -81,11 +81,11 @@ def llama(layers: int, hidden: int, seed: int) -> LlamaForCausalLM:
 def embedded_pair(task: str):
     """The embedded `task`'s teacher and SFT-warmed student-s as distillation starts, read from the cache
     (never trained here), its tokenizer, its training rows past the distillation's own, and its config."""
-    from kdlib.config import RunConfig
-    from kdlib.experiments import load_run
+    from kdlib._config import RunConfig
+    from kdlib._experiments import load_run
+    from kdlib._recipes import sft_init_recipe, teacher_config
+    from kdlib._rows import load_rows
     from kdlib.notebook.grids import protocol
-    from kdlib.recipes import sft_init_recipe, teacher_config
-    from kdlib.rows import load_rows
 
     cfg = RunConfig(**protocol(task, method="switch"))
     try:
@@ -280,8 +280,8 @@ def main(argv=None):
         kw = dict(max_new_tokens=n_new, eos_token_id=None, pad_token_id=PAD, temperature=1.0)
         sampler_params = dict(SAMPLERS)
     else:
-        from kdlib.data import encode_prompts
-        from kdlib.samplers import SAMPLER_DEFAULTS
+        from kdlib._data import encode_prompts
+        from kdlib._samplers import SAMPLER_DEFAULTS
 
         student, teacher, tok, rows, cfg = embedded_pair(args.pair)
         n_new = args.new_tokens or cfg.max_new_tokens
@@ -462,7 +462,7 @@ def block_table(timings, rollout_stats, variants, n_batches, label):
     print(f"every sampler and block, {n_batches} batch(es); x lower bound: against both plain loops over the "
           "rollout's own length L; seconds, whole-run best and forwards (teacher/student) summed over batches:")
     print_table(table)
-    from kdlib.names import SAMPLER_DEFAULTS
+    from kdlib._names import SAMPLER_DEFAULTS
 
     for n in ("skd", "adaswitch"):  # issue 24's target: drafting brings them to <= 0.7x the lockstep bound
         blocks = sorted({b for m, b in variants if m == n})

@@ -18,15 +18,15 @@ import importlib
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "build_sampler": "kdlib.samplers", "SAMPLER_DEFAULTS": "kdlib.samplers", "Rollout": "kdlib.samplers",
-    "per_token_loss": "kdlib.divergences", "reduce_loss": "kdlib.divergences", "masked_sum": "kdlib.divergences",
-    "forward_kl": "kdlib.divergences", "reverse_kl": "kdlib.divergences", "jsd": "kdlib.divergences",
-    "tvd": "kdlib.divergences", "skew_forward_kl": "kdlib.divergences", "skew_reverse_kl": "kdlib.divergences",
-    "DIVERGENCES": "kdlib.divergences", "sequence_loss_sum": "kdlib.loss",
-    "RunConfig": "kdlib.config", "load_config": "kdlib.config",
-    "run": "kdlib.experiments", "trained_model": "kdlib.experiments", "load_run": "kdlib.experiments",
-    "export_run": "kdlib.experiments", "run_hash": "kdlib.runcache",
-    "encode_prompts": "kdlib.data", "encode_batch": "kdlib.data", "load_jsonl": "kdlib.data",
+    "build_sampler": "kdlib._samplers", "SAMPLER_DEFAULTS": "kdlib._samplers", "Rollout": "kdlib._samplers",
+    "per_token_loss": "kdlib._divergences", "reduce_loss": "kdlib._divergences", "masked_sum": "kdlib._divergences",
+    "forward_kl": "kdlib._divergences", "reverse_kl": "kdlib._divergences", "jsd": "kdlib._divergences",
+    "tvd": "kdlib._divergences", "skew_forward_kl": "kdlib._divergences", "skew_reverse_kl": "kdlib._divergences",
+    "DIVERGENCES": "kdlib._divergences", "sequence_loss_sum": "kdlib._loss",
+    "RunConfig": "kdlib._config", "load_config": "kdlib._config",
+    "run": "kdlib._experiments", "trained_model": "kdlib._experiments", "load_run": "kdlib._experiments",
+    "export_run": "kdlib._experiments", "run_hash": "kdlib._runcache",
+    "encode_prompts": "kdlib._data", "encode_batch": "kdlib._data", "load_jsonl": "kdlib._data",
 }
 __all__ = sorted(_PUBLIC) + ["__version__"]
 

@@ -1,5 +1,5 @@
 import sys
 
-from kdlib.cli import main
+from kdlib._cli import main
 
 sys.exit(main())

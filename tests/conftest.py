@@ -23,7 +23,7 @@ def cache_sharing_task_data(path):
     """A fresh, empty cache folder at `path` whose generated task data and tokenizer are links to the
     session cache's (built there once): a test that needs its own cache does not regenerate the
     40 000-row task pools. Call it while KDLIB_CACHE still names the session cache."""
-    from kdlib import workload
+    from kdlib import _workload as workload
 
     for task in workload.TASK_SPECS:
         workload.task_dir(task)
@@ -36,21 +36,21 @@ def cache_sharing_task_data(path):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from kdlib.models import build_word_tokenizer
-    from kdlib.tasks.embedded import vocabulary
+    from kdlib._models import build_word_tokenizer
+    from kdlib._tasks.embedded import vocabulary
 
     return build_word_tokenizer(vocabulary())
 
 
 @pytest.fixture(scope="session")
 def arith_rows():
-    from kdlib.tasks.embedded import TaskSpec, generate_rows
+    from kdlib._tasks.embedded import TaskSpec, generate_rows
 
     return generate_rows(TaskSpec("arith", n_train=64, n_test=16, max_steps=3, seed=1), "train")
 
 
 def tiny_llama(tokenizer, seed, layers=1, hidden=32):
-    from kdlib.models import ModelSize, build_llama
+    from kdlib._models import ModelSize, build_llama
 
     return build_llama(ModelSize(layers, hidden, 2, 2 * hidden), tokenizer, seed).eval()
 

@@ -8,11 +8,11 @@ import torch
 def main(out_path: str, steps: int = 4):
     from accelerate import Accelerator
 
-    from kdlib.config import RunConfig
-    from kdlib.models import ModelSize, build_llama, build_word_tokenizer
-    from kdlib.sources import build_source
-    from kdlib.tasks.embedded import TaskSpec, generate_rows, vocabulary
-    from kdlib.train import Trainer
+    from kdlib._config import RunConfig
+    from kdlib._models import ModelSize, build_llama, build_word_tokenizer
+    from kdlib._sources import build_source
+    from kdlib._tasks.embedded import TaskSpec, generate_rows, vocabulary
+    from kdlib._train import Trainer
 
     acc = Accelerator(cpu=True)
     tok = build_word_tokenizer(vocabulary())
@@ -31,7 +31,7 @@ def main(out_path: str, steps: int = 4):
     trainer.opt.zero_grad()
     trainer.source.picker.load_state_dict({**trainer.source.picker.state_dict(), "pos": 0})
     trainer.fit()
-    from kdlib import checkpoints
+    from kdlib import _checkpoints as checkpoints
 
     saved = checkpoints.save(trainer)  # every rank takes part (accelerate gathers the weights); rank 0 writes
     if acc.is_main_process:

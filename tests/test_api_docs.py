@@ -40,7 +40,7 @@ def test_import_kdlib_does_not_import_torch():
     code = "import sys, kdlib; kdlib.RunConfig; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
     # a paper-profile config and its dataset check (what the CLI runs before reporting a config error) too
-    code = ("import sys; from kdlib import paper; from kdlib.config import RunConfig\n"
+    code = ("import sys; from kdlib import _paper as paper; from kdlib._config import RunConfig\n"
             "cfg = RunConfig(profile='paper', task='gsm8k', teacher='Qwen/Qwen2.5-7B-Instruct',\n"
             "                student='Qwen/Qwen2.5-0.5B-Instruct', student_init='pretrained')\n"
             "paper.check_config(cfg); assert 'torch' not in sys.modules, 'torch imported'")

@@ -1,10 +1,11 @@
 """Careless input fails at once, naming the field, value, file or variable — before any model loads."""
 import pytest
 
-from kdlib import cli, runcache
+from kdlib import _cli as cli
+from kdlib import _runcache as runcache
+from kdlib._config import RunConfig, load_config
 from kdlib._env import env_flag
-from kdlib.config import RunConfig, load_config
-from kdlib.runcache import run_hash
+from kdlib._runcache import run_hash
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -79,7 +80,7 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tokenize
     import torch
     from test_train import make_trainer
 
-    from kdlib import checkpoints
+    from kdlib import _checkpoints as checkpoints
 
     cfg = RunConfig(method="kd", batch_size=4, steps=4, checkpoint_every=1, max_new_tokens=24, keep_checkpoints=2)
     t = make_trainer(cfg, tokenizer, arith_rows, tmp_path)
@@ -99,7 +100,7 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tokenize
 def test_a_nan_before_any_checkpoint_says_none_was_kept(tokenizer, arith_rows, tmp_path):
     from test_train import make_trainer
 
-    from kdlib.train import NonFiniteLossError
+    from kdlib._train import NonFiniteLossError
 
     t = make_trainer(RunConfig(method="sft", batch_size=4, steps=2, max_new_tokens=24), tokenizer, arith_rows, tmp_path)
     with torch_nan(t), pytest.raises(NonFiniteLossError, match="no checkpoint was written yet"):
@@ -134,12 +135,12 @@ def test_a_second_process_says_whose_lock_it_waits_for(tmp_path, capfd):
     import sys
     import time
 
-    from kdlib import workload
+    from kdlib import _workload as workload
 
     lock = tmp_path / "run.lock"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, %r)\n"
-        "from kdlib import workload\n"
+        "from kdlib import _workload as workload\n"
         "with workload.locked(__import__('pathlib').Path(%r), what='run x'):\n"
         "    print('held', flush=True); time.sleep(3)")
         % (str(__import__('pathlib').Path(workload.__file__).parents[1]), str(lock))],
@@ -158,7 +159,7 @@ def test_reproduce_stops_at_the_first_failing_notebook():
     import time
     from pathlib import Path
 
-    from kdlib.reproduce import run_all
+    from kdlib._reproduce import run_all
 
     started, gate = [], threading.Event()
 
@@ -179,7 +180,7 @@ def test_reproduce_stops_at_the_first_failing_notebook():
 
 
 def test_model_names_that_cannot_work_fail_before_anything_loads(monkeypatch):
-    from kdlib.config import check_models_reachable
+    from kdlib._config import check_models_reachable
 
     with pytest.raises(ValueError, match="student='student-xs' is not an embedded size; choose one of"):
         RunConfig(student="student-xs")
@@ -197,7 +198,7 @@ def test_a_run_gives_the_same_weights_however_many_threads_the_process_had(tmp_p
     from conftest import cache_sharing_task_data
     from safetensors.torch import load_file
 
-    from kdlib import experiments
+    from kdlib import _experiments as experiments
 
     cfg = RunConfig(method="kd", task="arith", student="tiny", teacher="tiny", teacher_steps=3, steps=4,
                     batch_size=8, n_train=32, n_eval=4, max_new_tokens=16)
@@ -223,9 +224,9 @@ def test_validating_a_config_and_printing_help_import_no_torch():
     import sys
 
     code = ("import sys, contextlib, io\n"
-            "from kdlib.config import load_config\n"
+            "from kdlib._config import load_config\n"
             "load_config(None, ['method=switch', 'sampler_params.tau0=0.2', 'student=student-m'])\n"
-            "from kdlib import cli\n"
+            "from kdlib import _cli as cli\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    assert cli.main(['show', 'steps=abc']) == 2\n"
             "    try: cli.main(['train', '--help'])\n"
@@ -245,7 +246,7 @@ def test_validating_a_config_and_printing_help_import_no_torch():
     (b'{"prompt": "a", "response": 42}\n', "row 0: field 'response' must be a non-empty string, got 42"),
 ])
 def test_a_bad_data_file_is_named_with_its_row_and_field(tmp_path, content, needle):
-    from kdlib.data import load_jsonl
+    from kdlib._data import load_jsonl
 
     path = tmp_path / "mine.jsonl"
     path.write_bytes(content)
@@ -287,7 +288,7 @@ def test_a_full_disk_is_named_with_the_file_being_written(tokenizer, arith_rows,
 def test_every_evaluation_set_is_read_before_the_first_step(tmp_path, monkeypatch):
     from conftest import cache_sharing_task_data
 
-    from kdlib import experiments
+    from kdlib import _experiments as experiments
 
     cache_sharing_task_data(tmp_path / "cache")
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
@@ -304,7 +305,7 @@ def test_every_evaluation_set_is_read_before_the_first_step(tmp_path, monkeypatc
 def test_a_failure_while_scoring_costs_a_rerun_only_the_scoring(tmp_path, monkeypatch):
     from conftest import cache_sharing_task_data
 
-    from kdlib import experiments
+    from kdlib import _experiments as experiments
 
     cfg = RunConfig(method="sft", task="arith", student="tiny", student_init="scratch", steps=3, batch_size=4,
                     n_train=8, n_eval=3, max_new_tokens=8)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import cache_sharing_task_data
 
-from kdlib import cli
-from kdlib.config import METHODS, RunConfig, load_config
-from kdlib.runcache import run_hash
+from kdlib import _cli as cli
+from kdlib._config import METHODS, RunConfig, load_config
+from kdlib._runcache import run_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs" / "embedded").glob("*.yaml"))

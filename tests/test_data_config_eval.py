@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from kdlib import config as cfgmod
-from kdlib.data import encode_batch, load_jsonl, position_ids
-from kdlib.evaluate import answer_correct, extract_answer, length_buckets, rouge_l
-from kdlib.runcache import run_hash
+from kdlib import _config as cfgmod
+from kdlib._data import encode_batch, load_jsonl, position_ids
+from kdlib._evaluate import answer_correct, extract_answer, length_buckets, rouge_l
+from kdlib._runcache import run_hash
 
 
 def test_batch_layout_keeps_eos_target_when_pad_equals_eos(tokenizer):
@@ -84,7 +84,7 @@ def test_method_presets_and_overrides_resolve(tmp_path):
 
 
 def test_hash_ignores_spelled_out_defaults_and_operational_fields():
-    from kdlib.samplers import SAMPLER_DEFAULTS
+    from kdlib._samplers import SAMPLER_DEFAULTS
 
     base = cfgmod.RunConfig(method="adaswitch")
     explicit = base.replace(sampler_params=dict(SAMPLER_DEFAULTS["adaswitch"]))
@@ -99,7 +99,7 @@ def test_hash_ignores_spelled_out_defaults_and_operational_fields():
 
 
 def test_cli_help_documents_every_field(capsys):
-    from kdlib.cli import field_docs, main
+    from kdlib._cli import field_docs, main
 
     docs = field_docs()
     assert set(docs) == cfgmod.FIELD_NAMES and all(docs.values())
@@ -141,7 +141,7 @@ def test_every_config_file_loads():
 
 
 def test_self_bleu_is_high_for_copies_and_low_for_different_samples():
-    from kdlib.evaluate import self_bleu
+    from kdlib._evaluate import self_bleu
 
     assert self_bleu(["ana will buy milk on monday"] * 3) == pytest.approx(100.0)
     assert self_bleu(["ana will buy milk on monday", "ben fixes the roof", "cara calls mom today"]) < 10
@@ -154,8 +154,8 @@ def test_base_model_prompts_start_with_bos_once_when_the_tokenizer_adds_one():
     writes BOS itself for tokenizers without a chat template, and only for those that add one."""
     from tokenizers import processors
 
-    from kdlib.data import encode_prompts
-    from kdlib.models import build_word_tokenizer
+    from kdlib._data import encode_prompts
+    from kdlib._models import build_word_tokenizer
 
     plain = build_word_tokenizer(["<s>", "a", "b"])
     plain.chat_template = None
@@ -174,13 +174,13 @@ def test_base_model_prompts_start_with_bos_once_when_the_tokenizer_adds_one():
 
 def test_eval_scores_an_existing_model_directory(tokenizer, tmp_path, capsys):
     """`python -m kdlib eval --model DIR`: the model is scored as it is (nothing trains), with its
-    predictions and scores written beside it; the scores match kdlib.evaluate on the same rows."""
+    predictions and scores written beside it; the scores match kdlib._evaluate on the same rows."""
     from conftest import tiny_llama
 
-    from kdlib.cli import main
-    from kdlib.evaluate import evaluate
-    from kdlib.rows import load_rows
-    from kdlib.workload import embedded_tokenizer
+    from kdlib._cli import main
+    from kdlib._evaluate import evaluate
+    from kdlib._rows import load_rows
+    from kdlib._workload import embedded_tokenizer
 
     model_dir = tmp_path / "model"
     tiny_llama(embedded_tokenizer(), 3).save_pretrained(model_dir)
@@ -199,8 +199,8 @@ def test_eval_scores_an_existing_model_directory(tokenizer, tmp_path, capsys):
 
 
 def test_tokenizers_of_another_family_are_refused(tokenizer):
-    from kdlib.models import build_word_tokenizer, check_same_tokenizer
-    from kdlib.tasks.embedded import vocabulary
+    from kdlib._models import build_word_tokenizer, check_same_tokenizer
+    from kdlib._tasks.embedded import vocabulary
 
     words = vocabulary()
     other = build_word_tokenizer(list(reversed(words)))
@@ -210,7 +210,7 @@ def test_tokenizers_of_another_family_are_refused(tokenizer):
 
 
 def test_trl_names_are_aliases_and_ambiguous_or_misspelt_names_are_refused(tmp_path):
-    from kdlib.config import load_config
+    from kdlib._config import load_config
 
     trl = load_config(None, ["method=gkd", "learning_rate=0.002", "max_steps=7", "lmbda=1", "beta=0.9"])
     ours = load_config(None, ["method=gkd", "lr=0.002", "steps=7", "student_data_fraction=1",
@@ -231,7 +231,7 @@ def test_trl_names_are_aliases_and_ambiguous_or_misspelt_names_are_refused(tmp_p
 
 
 def test_cli_help_lists_the_aliases(capsys):
-    from kdlib.cli import main
+    from kdlib._cli import main
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])

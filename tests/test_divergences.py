@@ -1,4 +1,4 @@
-"""Properties of kdlib.divergences: closed forms, limits, gradients, chunking, masking, reduction."""
+"""Properties of kdlib._divergences: closed forms, limits, gradients, chunking, masking, reduction."""
 
 import math
 import warnings
@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from kdlib import divergences as D
+from kdlib import _divergences as D
 
 
 @pytest.fixture(autouse=True)

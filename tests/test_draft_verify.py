@@ -13,8 +13,8 @@ import torch
 # ruff reads as redefinitions (F811)
 from test_samplers import EOS, PAD, eos_pair, one_thread, pair, prompts, response, run  # noqa: F401
 
-from kdlib.config import RunConfig
-from kdlib.samplers import SKDSampler, build_sampler
+from kdlib._config import RunConfig
+from kdlib._samplers import SKDSampler, build_sampler
 
 N = 24  # max_new_tokens of `run`
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import cache_sharing_task_data
 
-from kdlib import reproduce
+from kdlib import _reproduce as reproduce
 
 NOTEBOOKS = reproduce.notebooks()
 
@@ -92,7 +92,7 @@ def test_score_table_has_mean_and_spread_per_set():
 def test_mean_std_wide_has_flat_columns_per_group():
     import pandas as pd
 
-    from kdlib.plots import mean_std_wide
+    from kdlib.notebook.plots import mean_std_wide
 
     df = pd.DataFrame({"k": [2, 2, 1, 1], "score": [0.1, 0.3, 0.5, 0.5], "frac": [1.0, 0.0, 0.2, 0.4]})
     t = mean_std_wide(df, "k", ["score", "frac"])
@@ -118,7 +118,7 @@ def test_runtime_table_ratios_and_missing_reference():
 
 
 def test_stopwatch_counts_the_runs_trained_while_it_ran(tmp_path, monkeypatch):
-    from kdlib.timing import Stopwatch
+    from kdlib._timing import Stopwatch
 
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
     runs = tmp_path / "cache" / "runs"
@@ -176,7 +176,7 @@ def test_reproduce_gives_a_lone_notebook_every_thread_and_names_an_unknown_one(t
 
 
 def test_host_condition_reports_steal_and_unaccounted_time(tmp_path):
-    from kdlib.timing import cpu_ticks, host_condition
+    from kdlib._timing import cpu_ticks, host_condition
 
     before = [100, 0, 50, 800, 0, 0, 0, 50, 7, 7]
     # 10 s on 2 cores at 100 Hz = 2000 ticks expected; 1000 accounted, 250 of them stolen

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdlib import paper
-from kdlib.config import RunConfig, load_config
-from kdlib.models import CHAT_TEMPLATE, build_word_tokenizer
-from kdlib.runcache import run_hash
+from kdlib import _paper as paper
+from kdlib._config import RunConfig, load_config
+from kdlib._models import CHAT_TEMPLATE, build_word_tokenizer
+from kdlib._runcache import run_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,7 +94,7 @@ def test_gsm_rows_strip_calculator_notes_and_parse_answers(data_dir):
 
 
 def test_multiple_references_score_the_best_match():
-    from kdlib.evaluate import score_rows
+    from kdlib._evaluate import score_rows
 
     row = {"prompt": "p", "response": "a cat sat on a mat", "references": ["a cat sat on a mat", "the dog ran"]}
     assert score_rows([row], ["the dog ran"], "rougeL")[0]["score"] == pytest.approx(1.0)
@@ -185,8 +185,8 @@ def model_dir(tmp_path_factory):
 
 
 def test_every_pair_loads_by_name_with_its_architecture(model_dir, monkeypatch):
-    from kdlib.models import load_model
-    from kdlib.rows import named_path, resolve_tokenizer
+    from kdlib._models import load_model
+    from kdlib._rows import named_path, resolve_tokenizer
 
     monkeypatch.setenv("KDLIB_MODELS", str(model_dir))
     classes = {"gpt2": "GPT2LMHeadModel", "opt": "OPTForCausalLM", "llama": "LlamaForCausalLM",
@@ -204,7 +204,7 @@ def test_every_pair_loads_by_name_with_its_architecture(model_dir, monkeypatch):
 
 
 def test_differing_chat_templates_are_refused_unless_one_is_chosen(model_dir, monkeypatch):
-    from kdlib.rows import resolve_tokenizer
+    from kdlib._rows import resolve_tokenizer
 
     monkeypatch.setenv("KDLIB_MODELS", str(model_dir))
     pair = paper.PAIRS["llama3"]
@@ -253,7 +253,7 @@ def test_config_files_are_current_valid_and_cite_sources(tmp_path):
     committed = sorted((ROOT / "configs" / "paper").rglob("*.yaml"))
     assert [p.relative_to(tmp_path) for p in sorted(written)] == [p.relative_to(ROOT / "configs" / "paper")
                                                                    for p in committed], \
-        "configs/paper is stale: run `python -m kdlib.paper --write-configs configs/paper`"
+        "configs/paper is stale: run `python -m kdlib._paper --write-configs configs/paper`"
     for new, old in zip(sorted(written), committed):
         assert new.read_text() == old.read_text(), f"{old} is stale"
         cfg = load_config(old)
@@ -275,7 +275,7 @@ def test_paper_config_runs_end_to_end_on_a_tiny_stand_in_pair(model_dir, data_di
     """configs/paper/adaswitch_main/gsm8k/adaswitch.yaml with the Qwen2.5 names resolved to tiny local copies
     (the 7B stand-in has wider logits, as the real one): SFT warm-up, AdaSwitch rollouts, the loss on the
     shared vocabulary prefix with one warning, evaluation on GSM8K and GSM-Plus."""
-    from kdlib.experiments import run
+    from kdlib._experiments import run
 
     monkeypatch.setenv("KDLIB_MODELS", str(model_dir))
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
@@ -294,7 +294,7 @@ def test_paper_config_runs_end_to_end_on_a_tiny_stand_in_pair(model_dir, data_di
 
 
 def test_notebooks_name_existing_paper_tables():
-    """Every `knb.table_configs(profile, "<table>", ...)` in a notebook names a table of kdlib.paper, and
+    """Every `knb.table_configs(profile, "<table>", ...)` in a notebook names a table of kdlib._paper, and
     every table is used by the notebook it names."""
     import re
 
@@ -315,7 +315,7 @@ def test_notebooks_name_existing_paper_tables():
 def test_paper_runs_share_warmups_and_teachers_across_rows():
     """One teacher fine-tuning per pair and dataset (whatever the student's batch), one SFT warm-up per
     student and seed, and the SFT row is that warm-up's own run (no teacher)."""
-    from kdlib.recipes import sft_init_recipe, teacher_config
+    from kdlib._recipes import sft_init_recipe, teacher_config
 
     runs = [r.config for r in paper.table_runs("switch_main")]
     teachers = {run_hash(teacher_config(c)) for c in runs if c.method != "sft" and c.teacher_steps}
@@ -329,8 +329,9 @@ def test_paper_runs_share_warmups_and_teachers_across_rows():
 
 def test_paper_datasets_and_splits_are_checked_before_anything_loads(monkeypatch, capsys):
     """An unknown dataset or split fails in paper.check_config, which run() and the CLI call before the cache
-    is even looked at (the config module itself knows no paper datasets: it sits below kdlib.paper)."""
-    from kdlib import cli, experiments
+    is even looked at (the config module itself knows no paper datasets: it sits below kdlib._paper)."""
+    from kdlib import _cli as cli
+    from kdlib import _experiments as experiments
 
     kw = dict(profile="paper", teacher="Qwen/Qwen2.5-7B-Instruct", student="Qwen/Qwen2.5-0.5B-Instruct",
               student_init="pretrained")

@@ -6,12 +6,15 @@ import pytest
 import torch
 from conftest import cache_sharing_task_data, tiny_llama
 
-from kdlib import experiments, mechanisms, recipes, scoring
+from kdlib import _experiments as experiments
+from kdlib import _mechanisms as mechanisms
+from kdlib import _recipes as recipes
+from kdlib import _scoring as scoring
 from kdlib import notebook as knb
-from kdlib.config import RunConfig
-from kdlib.evaluate import evaluate, sample_decode
-from kdlib.runcache import run_hash
-from kdlib.sources import StepContext, build_source
+from kdlib._config import RunConfig
+from kdlib._evaluate import evaluate, sample_decode
+from kdlib._runcache import run_hash
+from kdlib._sources import StepContext, build_source
 
 
 def _ctx(tokenizer, student=None, sampler=None, teacher=None):

@@ -2,7 +2,7 @@
 
 The rollout is produced with KV caches one token at a time; the checks recompute both models' logits
 with a single uncached forward over `rollout.input_ids` (rollout attention mask, positions from its
-cumsum) and the distances with `kdlib.divergences` (an independent implementation of the step distances
+cumsum) and the distances with `kdlib._divergences` (an independent implementation of the step distances
 the samplers use). Decisions within MARGIN of their threshold are skipped (cached and uncached float32
 differ by ~1e-6) and the tests assert that only a few are.
 """
@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from kdlib import divergences as D
-from kdlib.samplers import (
+from kdlib import _divergences as D
+from kdlib._samplers import (
     SAMPLER_DEFAULTS,
     build_sampler,
     draw_tokens,
@@ -442,7 +442,7 @@ def test_defaults_and_validation():
     assert SAMPLER_DEFAULTS["skd"]["top_k"] == 2  # calibrated to the 197-word vocabulary (docs/workload.md)
     # draft-and-verify where it was measured faster on the embedded pair (benchmarks/bench_samplers.py)
     assert [SAMPLER_DEFAULTS[n]["block"] for n in ("skd", "switch", "adaswitch")] == [4, 1, 1]
-    from kdlib.paper import PAPER_SAMPLER_PARAMS
+    from kdlib._paper import PAPER_SAMPLER_PARAMS
 
     assert PAPER_SAMPLER_PARAMS["skd"]["top_k"] == 25  # the SKD reference setup, at the papers' scale
     for name, params in SAMPLER_DEFAULTS.items():

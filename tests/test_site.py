@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from kdlib import site
+from kdlib import _site as site
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHECK = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"

@@ -10,11 +10,11 @@ pytestmark = [pytest.mark.slow,
 
 
 def test_smollm2_pair_distils_one_step_through_the_chat_template():
-    from kdlib import workload
-    from kdlib.config import RunConfig
-    from kdlib.experiments import run
-    from kdlib.models import load_model, n_params
-    from kdlib.rows import resolve_tokenizer
+    from kdlib import _workload as workload
+    from kdlib._config import RunConfig
+    from kdlib._experiments import run
+    from kdlib._models import load_model, n_params
+    from kdlib._rows import resolve_tokenizer
 
     teacher = load_model(str(workload.smollm2_dir()))
     student = load_model(str(workload.smollm2_pruned_dir()))
@@ -35,7 +35,7 @@ def test_smollm2_pair_distils_one_step_through_the_chat_template():
 def test_eval_model_smollm2_scores_the_offline_copy_without_the_hub(tmp_path, monkeypatch, capsys):
     import json
 
-    from kdlib import cli
+    from kdlib import _cli as cli
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert cli.main(["eval", "teacher=smollm2", "student=smollm2", "student_init=pretrained", "task=arith",

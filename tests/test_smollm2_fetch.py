@@ -6,8 +6,8 @@ import zipfile
 
 import pytest
 
-from kdlib import workload
-from kdlib.models import SMOLLM2_GGUF
+from kdlib import _workload as workload
+from kdlib._models import SMOLLM2_GGUF
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdlib.stats import NOT_SEPARATED, REPRODUCED, REVERSED, compare, gain_gap, independent_bootstrap, paired_bootstrap
+from kdlib._stats import NOT_SEPARATED, REPRODUCED, REVERSED, compare, gain_gap, independent_bootstrap, paired_bootstrap
 
 
 def synthetic(effect: float, *, seeds=5, items=1000, seed_sd=0.05, item_sd=0.2, noise=0.1, rng=0):

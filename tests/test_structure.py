@@ -1,6 +1,6 @@
-"""The package's shape: no import circle anywhere in kdlib (counting imports inside functions too), and the run
-config at the bottom: kdlib.config imports only plain-Python modules below it (a config validates without torch).
-Every kdlib import is at a module's top."""
+"""The package's shape: only the public modules are public; no import circle anywhere in kdlib (counting
+imports inside functions too); the run config at the bottom: kdlib._config imports only plain-Python modules
+below it (a config validates without torch). Every kdlib import is at a module's top."""
 from __future__ import annotations
 
 import ast
@@ -21,7 +21,8 @@ def import_graph() -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kdlib"):
                 targets = [f"{node.module}.{a.name}" for a in node.names]  # a submodule, `from kdlib import x`
-                targets += [node.module] if node.module != "kdlib" else []  # the package's own __init__ imports none
+                # the package's own __init__ imports none; `from kdlib.notebook import plots` imports a submodule
+                targets += [] if node.module == "kdlib" or all(t in modules for t in targets) else [node.module]
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             else:
@@ -85,7 +86,7 @@ def test_kdlib_imports_its_own_modules_at_the_top():
     """Every `from kdlib... import` sits at a module's top (none hidden in a function to dodge a circle), but
     in the command line, whose --help and config errors answer without loading torch (tests/test_bad_input.py)."""
     hidden = []
-    for path in (p for p in KDLIB.rglob("*.py") if p.name != "cli.py"):
+    for path in (p for p in KDLIB.rglob("*.py") if p.name != "_cli.py"):
         tree = ast.parse(path.read_text())
         top = {id(n) for n in tree.body}
         hidden += [f"{path.name}:{n.lineno}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
@@ -95,8 +96,22 @@ def test_kdlib_imports_its_own_modules_at_the_top():
 
 def test_the_run_config_sits_below_everything_that_runs():
     graph = import_graph()
-    below = reachable(graph, "kdlib.config")
-    assert below <= {"kdlib.names", "kdlib.usertask", "kdlib._io", "kdlib.metrics"}, below  # and no torch
-    for upper in ("kdlib.experiments", "kdlib.recipes", "kdlib.runcache", "kdlib.paper", "kdlib.train"):
-        assert "kdlib.config" in reachable(graph, upper) and upper not in below
-    assert "kdlib.train" not in reachable(graph, "kdlib.evaluate")  # evaluation needs no trainer
+    below = reachable(graph, "kdlib._config")
+    assert below <= {"kdlib._names", "kdlib._usertask", "kdlib._io", "kdlib._metrics"}, below  # and no torch
+    for upper in ("kdlib._experiments", "kdlib._recipes", "kdlib._runcache", "kdlib._paper", "kdlib._train"):
+        assert "kdlib._config" in reachable(graph, upper) and upper not in below
+    assert "kdlib._train" not in reachable(graph, "kdlib._evaluate")  # evaluation needs no trainer
+
+
+PUBLIC_MODULES = {"kdlib", "kdlib.__main__", "kdlib.integrations", "kdlib.integrations.trl", "kdlib.notebook",
+                  "kdlib.notebook.claims", "kdlib.notebook.figures", "kdlib.notebook.grids", "kdlib.notebook.measure",
+                  "kdlib.notebook.plots", "kdlib.notebook.tables"}
+
+
+def test_every_module_but_the_public_ones_is_private():
+    """docs/api.md documents `kdlib`, the notebooks' toolkit `kdlib.notebook` and `kdlib.integrations.trl`;
+    every other module is `_`-prefixed (or inside one), so that nobody imports it thinking it stable."""
+    modules = set(import_graph())
+    public = {m for m in modules if not any(part.startswith("_") for part in m.split(".")[1:] if part != "__main__")}
+    assert public == PUBLIC_MODULES, public ^ PUBLIC_MODULES
+    assert "kdlib._samplers.decoder" in modules and "kdlib._train" in modules  # the finder sees private ones

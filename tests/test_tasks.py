@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from kdlib.tasks.embedded import TaskSpec, generate_rows, vocabulary
+from kdlib._tasks.embedded import TaskSpec, generate_rows, vocabulary
 
 
 def replay_arith(prompt: str) -> int:
@@ -92,7 +92,7 @@ def test_cached_dir_builds_once_when_two_processes_race(tmp_path):
 
     code = ("import os, sys, time\n"
             "from pathlib import Path\n"
-            "from kdlib import workload\n"
+            "from kdlib import _workload as workload\n"
             "def build(d):\n"
             "    time.sleep(1.0)\n"
             "    (d / 'x.txt').write_text(str(os.getpid()))\n"

@@ -5,13 +5,15 @@ import pytest
 import torch
 from conftest import tiny_llama
 
-from kdlib import checkpoints, recipes, runcache
-from kdlib.config import RunConfig
-from kdlib.data import encode_batch
-from kdlib.runcache import run_hash
-from kdlib.samplers import build_sampler
-from kdlib.sources import build_source
-from kdlib.train import Forwards, NonFiniteLossError, Trainer, micro_batch_loss_sum
+from kdlib import _checkpoints as checkpoints
+from kdlib import _recipes as recipes
+from kdlib import _runcache as runcache
+from kdlib._config import RunConfig
+from kdlib._data import encode_batch
+from kdlib._runcache import run_hash
+from kdlib._samplers import build_sampler
+from kdlib._sources import build_source
+from kdlib._train import Forwards, NonFiniteLossError, Trainer, micro_batch_loss_sum
 
 
 def make_trainer(cfg, tokenizer, rows, run_dir, seed_student=0, seed_teacher=1):
@@ -74,10 +76,10 @@ def test_all_masked_batch_gives_zero_loss_and_finite_gradients(tokenizer, models
 
 
 def test_the_loss_needs_no_run_config_and_validation_is_the_mean_cross_entropy(tokenizer, models):
-    """kdlib.loss.sequence_loss_sum takes a divergence name and its parameters: the trainer's micro-batch loss
+    """kdlib._loss.sequence_loss_sum takes a divergence name and its parameters: the trainer's micro-batch loss
     is it with the config's values, and evaluate.validation_loss is the mean reference-token cross-entropy."""
-    from kdlib.evaluate import validation_loss
-    from kdlib.loss import sequence_loss_sum
+    from kdlib._evaluate import validation_loss
+    from kdlib._loss import sequence_loss_sum
 
     student, teacher = models
     rows = [{"prompt": "ana has 3 apples .", "response": "#### 3"},
@@ -108,7 +110,7 @@ def test_progress_bar_redraws_at_its_interval_not_at_every_step(tokenizer, arith
 
     import tqdm.auto
 
-    from kdlib import train
+    from kdlib import _train as train
 
     def draws(mininterval, name):
         monkeypatch.setattr(train, "tqdm", functools.partial(tqdm.auto.tqdm, mininterval=mininterval,
@@ -301,7 +303,7 @@ def test_teacher_logits_from_rollout_replace_a_second_teacher_forward(tokenizer,
 
 
 def test_lora_trains_only_adapters_and_saves_a_plain_model(tokenizer, arith_rows, tmp_path):
-    from kdlib.experiments import with_lora
+    from kdlib._experiments import with_lora
 
     student = with_lora(tiny_llama(tokenizer, 0), rank=4)
     base = {n: p.detach().clone() for n, p in student.named_parameters() if not p.requires_grad}
@@ -352,7 +354,7 @@ def test_metrics_reach_accelerate_trackers_and_csv(tokenizer, arith_rows, tmp_pa
 
 _FAULTS = """
 import resource, torch
-from kdlib.models import keep_freed_memory
+from kdlib._models import keep_freed_memory
 on = keep_freed_memory()
 def cycle():  # a forward pass in miniature: 8 MiB activations pile up, then are all freed
     xs = [torch.ones(2 ** 21) for _ in range(8)]
@@ -403,7 +405,7 @@ def test_kept_freed_memory_stops_refaulting_memory_freed_by_the_last_pass():
 def test_a_shipped_run_fills_an_empty_cache_without_training(tmp_path, monkeypatch):
     import json
 
-    from kdlib import experiments
+    from kdlib import _experiments as experiments
 
     cfg = recipes.teacher_recipe("arith", "tiny", steps=3)
     shipped = tmp_path / "shipped" / run_hash(cfg)
@@ -457,7 +459,7 @@ def test_no_shipped_run_is_stale_and_a_stale_one_is_named(tmp_path, monkeypatch)
 def test_ship_run_copies_a_finished_run_that_run_then_installs(tmp_path, monkeypatch):
     import json
 
-    from kdlib import experiments
+    from kdlib import _experiments as experiments
 
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("KDLIB_SHIPPED", raising=False)
@@ -484,8 +486,8 @@ def test_the_learning_curve_ends_at_the_final_score_decoded_once(tmp_path, monke
 
     from conftest import cache_sharing_task_data
 
-    from kdlib import evaluate as ev
-    from kdlib import experiments
+    from kdlib import _evaluate as ev
+    from kdlib import _experiments as experiments
 
     cache_sharing_task_data(tmp_path / "cache")
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
@@ -510,8 +512,8 @@ def test_a_cached_run_with_another_learning_curve_is_named(tmp_path, monkeypatch
     import json
     import logging
 
-    from kdlib import experiments
-    from kdlib.config import RunConfig
+    from kdlib import _experiments as experiments
+    from kdlib._config import RunConfig
 
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
     plain = RunConfig(method="kd", task="arith", student="tiny", steps=4)
@@ -519,7 +521,7 @@ def test_a_cached_run_with_another_learning_curve_is_named(tmp_path, monkeypatch
     d.mkdir(parents=True)
     (d / "result.json").write_text(json.dumps({"hash": run_hash(plain), "eval_every": 0, "score": 0.5}))
     monkeypatch.setattr(experiments, "_run_uncached", lambda *a, **k: pytest.fail("trained a cached run"))
-    with caplog.at_level(logging.WARNING, logger="kdlib.runcache"):
+    with caplog.at_level(logging.WARNING, logger="kdlib._runcache"):
         assert experiments.run(plain)["score"] == 0.5
         assert experiments.run(RunConfig(method="kd", task="arith", student="tiny", steps=4, eval_every=0))
         assert not caplog.records  # same curve (none) asked for: nothing to say
@@ -531,7 +533,7 @@ def test_a_cached_run_with_another_learning_curve_is_named(tmp_path, monkeypatch
     # a curve cached every 2 steps holds every point of one asked every 4 steps, but not of one every 3
     (d / "result.json").write_text(json.dumps({"hash": run_hash(plain), "eval_every": 2, "score": 0.5}))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="kdlib.runcache"):
+    with caplog.at_level(logging.WARNING, logger="kdlib._runcache"):
         for every in (2, 4, 0):
             experiments.run(RunConfig(method="kd", task="arith", student="tiny", steps=4, eval_every=every))
         assert not caplog.records
@@ -588,7 +590,7 @@ def test_the_schedule_is_transformers_cosine_and_equals_kdlibs_closed_form(warmu
     step ahead gives exactly the values of kdlib's earlier closed form (so cached runs stay valid)."""
     import math
 
-    from kdlib.train import lr_lambda
+    from kdlib._train import lr_lambda
 
     def closed_form(step):
         if step < warmup:
@@ -604,7 +606,8 @@ def test_the_seqkd_source_writes_the_teachers_responses_once(tokenizer, arith_ro
     """SeqKD builds its own data in `prepare`: the teacher's greedy responses, cached by the key the run gives
     (a second source over the same rows and key reads them without running the teacher); other sources ignore
     the hook."""
-    from kdlib import evaluate, sources
+    from kdlib import _evaluate as evaluate
+    from kdlib import _sources as sources
 
     _, teacher = models
     rows, key = arith_rows[:6], {"teacher": "t-test", "task": "arith"}

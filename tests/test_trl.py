@@ -7,11 +7,11 @@ from conftest import tiny_llama
 
 trl = pytest.importorskip("trl")
 
-from kdlib import divergences as D  # noqa: E402
-from kdlib.config import RunConfig  # noqa: E402
-from kdlib.data import SequenceBatch  # noqa: E402
-from kdlib.loss import sequence_loss_sum  # noqa: E402
-from kdlib.samplers import position_ids  # noqa: E402
+from kdlib import _divergences as D  # noqa: E402
+from kdlib._config import RunConfig  # noqa: E402
+from kdlib._data import SequenceBatch  # noqa: E402
+from kdlib._loss import sequence_loss_sum  # noqa: E402
+from kdlib._samplers import position_ids  # noqa: E402
 
 
 def make_trainer(tokenizer, arith_rows, tmp_path, sampler, sampler_params, divergence, **div_params):

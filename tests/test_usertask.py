@@ -1,13 +1,14 @@
-"""Your own task: a folder of JSONL files (kdlib.usertask) used through the CLI and the Python API."""
+"""Your own task: a folder of JSONL files (kdlib._usertask) used through the CLI and the Python API."""
 import json
 import shutil
 
 import pytest
 
-from kdlib import cli, usertask
-from kdlib.config import load_config
-from kdlib.metrics import score_prediction
-from kdlib.runcache import run_hash
+from kdlib import _cli as cli
+from kdlib import _usertask as usertask
+from kdlib._config import load_config
+from kdlib._metrics import score_prediction
+from kdlib._runcache import run_hash
 
 TINY = ["teacher=tiny", "teacher_steps=5", "student=tiny", "steps=2", "n_train=16", "n_eval=4",
         "batch_size=4", "max_new_tokens=24"]

@@ -21,10 +21,10 @@ from __future__ import annotations
 import torch
 from trl.experimental.gkd import GKDTrainer
 
-from kdlib import divergences
-from kdlib.loss import Forwards, sequence_loss_sum
-from kdlib.names import DIVERGENCE_PARAMS, SAMPLER_DEFAULTS
-from kdlib.samplers import build_sampler, position_ids
+from kdlib import _divergences as divergences
+from kdlib._loss import Forwards, sequence_loss_sum
+from kdlib._names import DIVERGENCE_PARAMS, SAMPLER_DEFAULTS
+from kdlib._samplers import build_sampler, position_ids
 
 TESTED_TRL = "1.16"
 

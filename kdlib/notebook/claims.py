@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdlib import stats
+from kdlib import _stats as stats
+from kdlib._scoring import SAMPLED_SUFFIX
 from kdlib.notebook.tables import curves_frame, evaluated, item_scores, results_frame
-from kdlib.scoring import SAMPLED_SUFFIX
 
 
 def paired_table(results: list[dict], pairs, *, evals=None, settings=None) -> pd.DataFrame:
-    """Paired comparisons (`kdlib.stats.compare`) of runs that share seeds and test items: for each
+    """Paired comparisons (`kdlib._stats.compare`) of runs that share seeds and test items: for each
     (better, worse) in `pairs` (methods, or values of `settings`, one label per run, when given) and each
     evaluation set (`evals`, default every scored set: greedy "test", sampled "test_t1", ...), one row with both means,
     the mean paired difference, its 95 % interval, the seeds and items compared, and the verdict."""
@@ -27,7 +27,7 @@ def paired_table(results: list[dict], pairs, *, evals=None, settings=None) -> pd
 
 
 def _difference_row(d, better: str, worse: str, split: str) -> dict:
-    """One row of a paired table from a `kdlib.stats.PairedDifference`."""
+    """One row of a paired table from a `kdlib._stats.PairedDifference`."""
     return {"eval": split.removesuffix(SAMPLED_SUFFIX),
             "decoding": "sampled T=1" if split.endswith(SAMPLED_SUFFIX) else "greedy",
             "better": better, "worse": worse, "mean_better": d.mean_a, "mean_worse": d.mean_b,
@@ -42,7 +42,7 @@ def paired_table_by(results: list[dict], field: str, pairs, **kw) -> pd.DataFram
                       for g in groups], ignore_index=True)
 
 
-LENGTH_EDGES = (0, 12, 24, 36, 1_000_000)  # reference length in words, as kdlib.evaluate.length_buckets
+LENGTH_EDGES = (0, 12, 24, 36, 1_000_000)  # reference length in words, as kdlib._evaluate.length_buckets
 
 
 def _bucket(words: int, edges=LENGTH_EDGES) -> str:
@@ -71,7 +71,7 @@ def paired_by_length(results: list[dict], better: str, worse: str, split: str = 
 
 def gain_grows_claim(results: list[dict], better: str, worse: str, *, paper: str, split: str = "test") -> str:
     """`better`'s paired gain over `worse` is larger on the longest responses (last LENGTH_EDGES bucket) than
-    on the shortest, with the 95 % interval of the difference of the two gains (`kdlib.stats.gain_gap`)."""
+    on the shortest, with the 95 % interval of the difference of the two gains (`kdlib._stats.gain_gap`)."""
     items, present = _bucketed_items(results, split)
     if len(present) < 2:
         return f"{paper}: fewer than two length buckets"

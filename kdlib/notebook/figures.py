@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from kdlib import plots
+from kdlib.notebook import plots
 from kdlib.notebook.claims import best_baseline, paired_claims, paired_table_by
 from kdlib.notebook.tables import score_table
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from kdlib import paper, usertask
-from kdlib.config import RunConfig
-from kdlib.names import EMBEDDED_SIZES, TASK_SPLITS
+from kdlib import _paper as paper
+from kdlib import _usertask as usertask
+from kdlib._config import RunConfig
+from kdlib._names import EMBEDDED_SIZES, TASK_SPLITS
 
 # Smallest settings: every cell runs, in seconds, on tiny models (used by `make smoke` / the tests).
 SMOKE = dict(teacher="tiny", teacher_steps=5, student="tiny", steps=3, n_train=64, n_labelled=16, n_eval=8,
@@ -69,7 +70,7 @@ def eval_splits(task: str) -> tuple:
 
 def table_configs(profile: str, table: str, embedded: list[RunConfig], seeds) -> list[RunConfig]:
     """The configs behind one paper table or figure: the embedded grid the notebook built, or, with
-    profile='paper', the paper table's runs (`kdlib.paper.TABLES[table]`: hub pairs and datasets)."""
+    profile='paper', the paper table's runs (`kdlib._paper.TABLES[table]`: hub pairs and datasets)."""
     if profile == "embedded":
         return embedded
     if profile != "paper":

@@ -5,8 +5,8 @@ import json
 
 import pandas as pd
 
-from kdlib.measure import divergence_label, workload_frame  # noqa: F401 - the notebooks read them here
-from kdlib.runcache import folder_of
+from kdlib._runcache import folder_of
+from kdlib.notebook.measure import divergence_label, workload_frame  # noqa: F401 - the notebooks read them here
 
 
 def results_frame(results: list[dict]) -> pd.DataFrame:

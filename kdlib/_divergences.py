@@ -33,7 +33,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from kdlib.names import DIVERGENCE_PARAMS, _check_param, needs_teacher, validate_params  # noqa: F401 - part of this module's API
+from kdlib._names import DIVERGENCE_PARAMS, _check_param, needs_teacher, validate_params  # noqa: F401 - part of this module's API
 
 CHUNK_BYTES = 64 * 2**20  # default float32 (chunk, V) block on GPU
 CHUNK_BYTES_CPU = 16 * 2**20  # on CPU: cache-sized blocks are faster (see benchmarks/bench_divergences.py)
@@ -168,7 +168,7 @@ def _rule(name: str) -> _Rule:
     return _RULES[name]
 
 
-# Validation (plain Python, no tensors) lives in kdlib.names so that configs validate without torch.
+# Validation (plain Python, no tensors) lives in kdlib._names so that configs validate without torch.
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def _warn_width_once(vs: int, vt: int) -> None:
     if (vs, vt) not in _warned_widths:
         _warned_widths.add((vs, vt))
         warnings.warn(
-            f"kdlib.divergences: student logits have width {vs} and teacher logits {vt}; comparing on the "
+            f"kdlib divergences: student logits have width {vs} and teacher logits {vt}; comparing on the "
             f"shared id prefix [0, {min(vs, vt)}) (same tokenizer family assumed)",
             stacklevel=4,
         )
@@ -195,7 +195,7 @@ def _warn_teacher_grad_once() -> None:
     if not _warned_teacher_grad:
         _warned_teacher_grad = True
         warnings.warn(
-            "kdlib.divergences: teacher_logits require grad; the teacher is a fixed target and gets no "
+            "kdlib divergences: teacher_logits require grad; the teacher is a fixed target and gets no "
             "gradient (run the teacher under torch.no_grad() to save memory)",
             stacklevel=4,
         )

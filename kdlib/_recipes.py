@@ -2,13 +2,13 @@
 
 A run with `student_init='sft'` starts from `sft_init_recipe(cfg)`; a run with an embedded teacher (or
 `teacher_steps > 0`) reads the teacher that `teacher_config(cfg)` trains. Both are ordinary `RunConfig`s,
-cached like any run; `kdlib.runcache.run_hash` folds their hashes into the hash of every run built on them.
+cached like any run; `kdlib._runcache.run_hash` folds their hashes into the hash of every run built on them.
 """
 from __future__ import annotations
 
-from kdlib import usertask
-from kdlib.config import RunConfig
-from kdlib.names import EMBEDDED_SIZES, TASK_SPLITS, needs_teacher
+from kdlib import _usertask as usertask
+from kdlib._config import RunConfig
+from kdlib._names import EMBEDDED_SIZES, TASK_SPLITS, needs_teacher
 
 # The teacher recipe per task: SFT from scratch on the full training pool (measured in the workload
 # report, figures/01_gkd/workload.md).

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import torch
 
-from kdlib import evaluate as ev
-from kdlib import paper, workload
+from kdlib import _evaluate as ev
+from kdlib import _paper as paper
+from kdlib import _workload as workload
+from kdlib._config import RunConfig
 from kdlib._io import atomic_path
-from kdlib.config import RunConfig
-from kdlib.models import keep_freed_memory, load_model, pick_device_dtype
-from kdlib.rows import load_rows, resolve_tokenizer, split_label, task_metric
-from kdlib.runcache import write_json
+from kdlib._models import keep_freed_memory, load_model, pick_device_dtype
+from kdlib._rows import load_rows, resolve_tokenizer, split_label, task_metric
+from kdlib._runcache import write_json
 
 # The first evaluation split is scored twice: greedy, and one sample per row at temperature 1 (the protocol of the
 # MiniLLM / DistiLLM tables that SWITCH follows; GKD reports both). The sampled score's column is
@@ -24,7 +25,7 @@ SAMPLED_SUFFIX, SAMPLE_SEED_OFFSET = "_t1", 7919
 
 def score_splits(cfg: RunConfig, model, tok, out_dir: Path | None, progress: bool) -> dict:
     """Decode and score `model` on each of `cfg.eval_splits` (n_eval rows each) greedily (`label`), and the
-    first split also sampled at temperature 1 (`label` + "_t1"): {label: result of kdlib.evaluate.evaluate};
+    first split also sampled at temperature 1 (`label` + "_t1"): {label: result of kdlib._evaluate.evaluate};
     per-example predictions to out_dir/predictions-<label>.jsonl when given."""
     scores = {}
     for i, split in enumerate(cfg.eval_splits):

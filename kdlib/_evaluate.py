@@ -7,11 +7,11 @@ import json
 import torch
 from tqdm.auto import tqdm
 
+from kdlib._data import encode_batch, encode_prompts
 from kdlib._io import atomic_write_text
-from kdlib.data import encode_batch, encode_prompts
-from kdlib.loss import sequence_loss_sum
-from kdlib.metrics import answer_correct, extract_answer, rouge_l, score_prediction  # noqa: F401 - API
-from kdlib.samplers import build_sampler
+from kdlib._loss import sequence_loss_sum
+from kdlib._metrics import answer_correct, extract_answer, rouge_l, score_prediction  # noqa: F401 - API
+from kdlib._samplers import build_sampler
 
 
 @torch.no_grad()

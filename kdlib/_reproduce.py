@@ -1,4 +1,4 @@
-"""Execute the numbered notebooks through papermill: ``python -m kdlib.reproduce [--smoke]``.
+"""Execute the numbered notebooks through papermill: ``python -m kdlib._reproduce [--smoke]``.
 
 - default (embedded profile): every notebook with its own parameters; figures and tables go to
   ``figures/<notebook>/``; the executed copies to ``.cache/executed/``.
@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdlib import paper
-from kdlib.paper import TABLES
-from kdlib.runcache import finished_runs, run_seconds, shipped_among
-from kdlib.timing import Stopwatch
+from kdlib import _paper as paper
+from kdlib._paper import TABLES
+from kdlib._runcache import finished_runs, run_seconds, shipped_among
+from kdlib._timing import Stopwatch
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from kdlib.runcache import finished_runs, run_seconds, shipped_among
+from kdlib._runcache import finished_runs, run_seconds, shipped_among
 
 
 def cpu_ticks(stat: str = "/proc/stat") -> list[int] | None:

@@ -1,9 +1,9 @@
 """A run config end to end: the orchestration. Load the pair and the rows, train, save, score, write result.json.
 
 `run(cfg)` returns the result row of one run; a second call with the same config reads it from the run cache
-(`kdlib.runcache`). `run_grid(configs)` returns a results table (a list of rows) for the notebooks to plot.
-The parts live apart: the teacher's and the warm-up's runs in `kdlib.recipes`, the rows and the tokenizer in
-`kdlib.rows`, the training loop in `kdlib.train`, the evaluation and checkpoint selection in `kdlib.scoring`.
+(`kdlib._runcache`). `run_grid(configs)` returns a results table (a list of rows) for the notebooks to plot.
+The parts live apart: the teacher's and the warm-up's runs in `kdlib._recipes`, the rows and the tokenizer in
+`kdlib._rows`, the training loop in `kdlib._train`, the evaluation and checkpoint selection in `kdlib._scoring`.
 """
 from __future__ import annotations
 
@@ -18,11 +18,14 @@ from pathlib import Path
 
 import torch
 
-from kdlib import checkpoints, paper, samplers, workload
-from kdlib import evaluate as ev
+from kdlib import _checkpoints as checkpoints
+from kdlib import _evaluate as ev
+from kdlib import _paper as paper
+from kdlib import _samplers as samplers
+from kdlib import _workload as workload
+from kdlib._config import RunConfig, check_models_reachable
 from kdlib._io import writing
-from kdlib.config import RunConfig, check_models_reachable
-from kdlib.models import (
+from kdlib._models import (
     EMBEDDED_SIZES,
     build_llama,
     keep_freed_memory,
@@ -30,9 +33,9 @@ from kdlib.models import (
     n_params,
     pick_device_dtype,
 )
-from kdlib.recipes import sft_init_recipe, teacher_config, uses_teacher
-from kdlib.rows import load_rows, named_path, resolve_tokenizer, split_label, validation_rows
-from kdlib.runcache import (
+from kdlib._recipes import sft_init_recipe, teacher_config, uses_teacher
+from kdlib._rows import load_rows, named_path, resolve_tokenizer, split_label, validation_rows
+from kdlib._runcache import (
     cached_result,
     finished,
     install_shipped,
@@ -42,14 +45,14 @@ from kdlib.runcache import (
     shipped_run,
     write_json,
 )
-from kdlib.scoring import (
+from kdlib._scoring import (
     eval_during_training,
     keep_selected,
     quiet_libraries,
     score_splits,
 )
-from kdlib.sources import build_source
-from kdlib.train import Trainer
+from kdlib._sources import build_source
+from kdlib._train import Trainer
 
 log = logging.getLogger(__name__)
 

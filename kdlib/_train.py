@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from kdlib import checkpoints
+from kdlib import _checkpoints as checkpoints
+from kdlib._config import RunConfig
+from kdlib._data import SequenceBatch
 from kdlib._io import atomic_path
-from kdlib.config import RunConfig
-from kdlib.data import SequenceBatch
-from kdlib.loss import Forwards, sequence_loss_sum
-from kdlib.models import keep_freed_memory
-from kdlib.sources import Source, StepContext
+from kdlib._loss import Forwards, sequence_loss_sum
+from kdlib._models import keep_freed_memory
+from kdlib._sources import Source, StepContext
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class NonFiniteLossError(RuntimeError):
 
 def micro_batch_loss_sum(student, teacher, batch: SequenceBatch, cfg: RunConfig,
                          forwards: Forwards) -> tuple[torch.Tensor, int]:
-    """`kdlib.loss.sequence_loss_sum` with the divergence, its parameters, the loss temperature and the chunk
+    """`kdlib._loss.sequence_loss_sum` with the divergence, its parameters, the loss temperature and the chunk
     size that `cfg` resolves to."""
     r = cfg.resolved
     return sequence_loss_sum(student, teacher, batch, r["divergence"], r["divergence_params"],

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from kdlib.config import RunConfig
+from kdlib._config import RunConfig
 
 
 def style() -> None:
@@ -117,6 +117,6 @@ def differences(table: pd.DataFrame, *, title: str = "", label: str = "paired di
 
 def reference_lines(ax, references: dict, *, styles=("--", ":"), fmt: str = "{name} {value:.3f}") -> None:
     """A horizontal line per reference score (e.g. the teacher's and the warm-up student's, from
-    `kdlib.measure.reference_scores`), each labelled with its name and value for the legend."""
+    `kdlib.notebook.measure.reference_scores`), each labelled with its name and value for the legend."""
     for (name, value), style in zip(references.items(), styles):
         ax.axhline(value, color="0.35", ls=style, lw=1, label=fmt.format(name=name, value=value))

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from kdlib._io import json_lines
-from kdlib.metrics import _pattern_answer, extract_answer
+from kdlib._metrics import _pattern_answer, extract_answer
 
 METRICS = ("rougeL", "exact", "accuracy")
 KEYS = ("name", "metric", "prompt_field", "response_field", "answer_field", "answer_pattern")

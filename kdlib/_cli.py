@@ -9,9 +9,9 @@ import logging
 import sys
 import textwrap
 
-from kdlib import config as config_mod
+from kdlib import _config as config_mod
 from kdlib._env import env_flag
-from kdlib.paper import check_config
+from kdlib._paper import check_config
 
 # The modules that train, score or hash a run load torch (5-25 s on this CPU): they are imported where a
 # command needs them, so that --help and a config error answer at once (tests/test_bad_input.py).
@@ -89,18 +89,18 @@ def _main(argv) -> int:
     if cfg.profile == "paper":  # an unknown dataset or split fails here, before any download
         check_config(cfg)
     if args.command == "show":
-        from kdlib.runcache import run_hash
+        from kdlib._runcache import run_hash
 
         print(json.dumps({"hash": run_hash(cfg), **cfg.to_dict(), "resolved": cfg.resolved}, indent=1))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "eval" and args.model:
-        from kdlib.scoring import score_model
+        from kdlib._scoring import score_model
 
         print(json.dumps(score_model(cfg, args.model, out_dir=args.out, progress=not args.quiet), indent=1))
         return 0
-    from kdlib.experiments import check_export_folder, export_run, run
-    from kdlib.runcache import run_dir
+    from kdlib._experiments import check_export_folder, export_run, run
+    from kdlib._runcache import run_dir
 
     output = getattr(args, "output", None)
     if output:

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from kdlib.samplers.decoder import Sampler
+from kdlib._samplers.decoder import Sampler
 
 Tensor = torch.Tensor
 
@@ -23,7 +23,7 @@ def step_distance(kind: str, student_logits: Tensor, teacher_logits: Tensor, *,
         jsd  ½ KL(p‖m) + ½ KL(q‖m), m = ½(p + q)  =  ½ [Σ p log p + Σ q log q − Σ s log s] + ln 2,  s = p + q
         tvd  ½ Σ |p − q|
 
-    The same values as `kdlib.divergences` at one position (to ~1e-5 absolute in float32; tested), written
+    The same values as `kdlib._divergences` at one position (to ~1e-5 absolute in float32; tested), written
     with few full-width passes because this runs once per decoding step (log_softmax + exp instead of
     softmax + logsumexp: about 30 % less time at V = 4096); logits must be finite (a causal LM's are). No
     chunking or autograd: the input is one (B, V) block and sampling needs no gradient. `log_probs=True`

@@ -1,12 +1,12 @@
 """The names a config may use and what each takes — divergences, samplers, embedded model sizes — with their
 validation in plain Python: the config system checks a run (and `--help` lists the fields) without
-importing torch. The math lives in `kdlib.divergences`, `kdlib.samplers` and `kdlib.models`."""
+importing torch. The math lives in `kdlib._divergences`, `kdlib._samplers` and `kdlib._models`."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-# ---- embedded tasks and pretrained models: the names (kdlib.workload builds and loads them) -----------------
+# ---- embedded tasks and pretrained models: the names (kdlib._workload builds and loads them) -----------------
 TASK_METRIC = {"arith": "accuracy", "summ": "rougeL"}
 TASK_SPLITS = {"arith": ("train", "test", "plus"), "summ": ("train", "test")}
 PRETRAINED_NAMES = ("smollm2", "smollm2-pruned")  # named models the embedded profile uses without training

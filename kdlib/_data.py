@@ -23,7 +23,7 @@ REQUIRED_FIELDS = ("prompt", "response")
 @dataclass
 class SequenceBatch:
     """Prompt and response token ids in the one layout every part of kdlib reads: a training step's
-    micro-batch, and a sampler's rollout (`kdlib.samplers.Rollout` is this class). The fields after
+    micro-batch, and a sampler's rollout (`kdlib._samplers.Rollout` is this class). The fields after
     `prompt_length` are keyword-only."""
 
     input_ids: torch.Tensor  # (B, P+N) long: left-padded prompt | response, pad after a row's EOS

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from kdlib._env import env_flag
-from kdlib.names import EMBEDDED_SIZES, ModelSize  # noqa: F401 - part of this module's API
+from kdlib._names import EMBEDDED_SIZES, ModelSize  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
 

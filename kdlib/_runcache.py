@@ -2,7 +2,7 @@
 
 A run's folder is ``<cache>/runs/<run_hash(cfg)>``. The hash covers every field that changes the result
 (`RunConfig.key_fields`) and the hashes of the runs it starts from (its teacher's training run, its student's
-warm-up; `kdlib.recipes`), so that a changed recipe invalidates every run built on it. A folder holds a
+warm-up; `kdlib._recipes`), so that a changed recipe invalidates every run built on it. A folder holds a
 finished run once its result.json is written (last, atomically).
 """
 from __future__ import annotations
@@ -14,10 +14,12 @@ import os
 import shutil
 from pathlib import Path
 
-from kdlib import paper, recipes, workload
+from kdlib import _paper as paper
+from kdlib import _recipes as recipes
+from kdlib import _workload as workload
+from kdlib._config import RunConfig
 from kdlib._env import env_flag
 from kdlib._io import atomic_write_text
-from kdlib.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,7 @@ def ship_run(cfg: RunConfig) -> Path:
     d = run_dir(cfg)
     if not (d / "result.json").exists():
         raise FileNotFoundError(f"{d}: no finished run of {cfg.method} {cfg.task} ({run_hash(cfg)}) to ship; "
-                                f"run it first (kdlib.experiments.run)")
+                                f"run it first (kdlib.run)")
     if not (d / "model" / "model.safetensors").exists():
         raise FileNotFoundError(f"{d / 'model'}: no model.safetensors to ship")
     out = SHIPPED / run_hash(cfg)

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from kdlib import usertask
-from kdlib.data import load_jsonl
-from kdlib.models import (
+from kdlib import _usertask as usertask
+from kdlib._data import load_jsonl
+from kdlib._models import (
     SMOLLM2_GGUF,
     build_bpe_tokenizer,
     build_word_tokenizer,
@@ -27,8 +27,8 @@ from kdlib.models import (
     prune_layers,
     save_smollm2,
 )
-from kdlib.names import PRETRAINED_NAMES, TASK_SPLITS
-from kdlib.tasks.embedded import TaskSpec, generate_rows, vocabulary, write_jsonl
+from kdlib._names import PRETRAINED_NAMES, TASK_SPLITS
+from kdlib._tasks.embedded import TaskSpec, generate_rows, vocabulary, write_jsonl
 
 # Per task: how rows are generated and how a response is scored.
 TASK_SPECS = {

@@ -20,9 +20,9 @@ forward (`decoder._decode_blocks`).
 """
 from __future__ import annotations
 
-from kdlib.names import SAMPLER_DEFAULTS, validate_sampler_params
-from kdlib.samplers.decoder import Rollout, Sampler, draw_tokens, position_ids
-from kdlib.samplers.policies import (
+from kdlib._names import SAMPLER_DEFAULTS, validate_sampler_params
+from kdlib._samplers.decoder import Rollout, Sampler, draw_tokens, position_ids
+from kdlib._samplers.policies import (
     AdaSwitchSampler,
     SKDSampler,
     StudentSampler,

@@ -4,7 +4,7 @@ Renders the executed notebooks of the last `make reproduce` (committed under `fi
 clone has them) with nbconvert, one page per notebook with every figure inlined, and writes an index that
 maps each paper table and figure to its page, its figure and its claims with their verdicts:
 
-    python -m kdlib.site [--out site] [--executed figures/executed]
+    python -m kdlib._site [--out site] [--executed figures/executed]
 """
 from __future__ import annotations
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from kdlib.data import encode_batch, encode_prompts
-from kdlib.evaluate import greedy_decode, score_rows
-from kdlib.loss import response_logits
+from kdlib._data import encode_batch, encode_prompts
+from kdlib._evaluate import greedy_decode, score_rows
+from kdlib._loss import response_logits
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """The lockstep decoder: student and teacher advance one token per step, both KV-cached.
 
 Every token-level sampler (docs/methods.md §3) is this loop plus a small policy that decides, per row and per step,
-who emits the token. Layout of a rollout (the same as `kdlib.data`):
+who emits the token. Layout of a rollout (the same as `kdlib._data`):
 
     columns   0 … P-1                 P … P+N-1
     input_ids prompt (left-padded)  | response … eos pad pad      (pad after a row's EOS)
@@ -16,7 +16,7 @@ One step t (t counted from 0 inside the response):
     token = where(emits, y_t, y_s); feed `token` to both caches      one forward per model per step
 
 Teacher and student logits may differ in width inside one tokenizer family (Qwen2.5: 152064 vs 151936):
-decisions and draws use the shared id prefix [:, :min(Vs, Vt)], renormalised (as `kdlib.divergences`).
+decisions and draws use the shared id prefix [:, :min(Vs, Vt)], renormalised (as `kdlib._divergences`).
 
 Draft-and-verify (`block` = k > 1, `_decode_blocks`) runs rounds instead of steps; in one round, per row:
     the student feeds the row's last emitted token, then drafts y_0 … y_{k-1} ~ q on its own cache
@@ -36,14 +36,14 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from kdlib.data import SequenceBatch, position_ids
+from kdlib._data import SequenceBatch, position_ids
 
 Tensor = torch.Tensor
 EosIds = Union[int, Sequence[int], None]
 
 
 Rollout = SequenceBatch
-"""Sequences written by a sampler: a `kdlib.data.SequenceBatch`, with `from_teacher` and `stats` set (and
+"""Sequences written by a sampler: a `kdlib._data.SequenceBatch`, with `from_teacher` and `stats` set (and
 `teacher_logits` when asked for), so a training step reads a rollout as it is."""
 
 

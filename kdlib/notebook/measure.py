@@ -9,21 +9,23 @@ import json
 import pandas as pd
 import torch
 
-from kdlib import mechanisms, samplers, workload
-from kdlib.config import RunConfig
-from kdlib.data import encode_prompts
-from kdlib.evaluate import quality_and_diversity
-from kdlib.experiments import run, run_grid, trained_model
-from kdlib.models import load_model
-from kdlib.names import EMBEDDED_SIZES
-from kdlib.recipes import sft_init_recipe, teacher_config
-from kdlib.rows import load_rows, named_path, task_metric
-from kdlib.runcache import run_dir
-from kdlib.scoring import score_model
+from kdlib import _mechanisms as mechanisms
+from kdlib import _samplers as samplers
+from kdlib import _workload as workload
+from kdlib._config import RunConfig
+from kdlib._data import encode_prompts
+from kdlib._evaluate import quality_and_diversity
+from kdlib._experiments import run, run_grid, trained_model
+from kdlib._models import load_model
+from kdlib._names import EMBEDDED_SIZES
+from kdlib._recipes import sft_init_recipe, teacher_config
+from kdlib._rows import load_rows, named_path, task_metric
+from kdlib._runcache import run_dir
+from kdlib._scoring import score_model
 
 
 def workload_report(configs_by_task: dict[str, list[RunConfig]]) -> pd.DataFrame:
-    """The embedded workload table: per task, the teacher (`kdlib.recipes.teacher_recipe`) and, per config,
+    """The embedded workload table: per task, the teacher (`kdlib._recipes.teacher_recipe`) and, per config,
     the student warmed up by SFT on the protocol's labelled rows (`sft_init_recipe`, the start every
     distillation method shares), with parameters, training minutes, steps, rows and a score per held-out set
     (greedy, and "_t1": sampled at temperature 1). Trains what is not cached yet."""
@@ -38,7 +40,7 @@ def workload_report(configs_by_task: dict[str, list[RunConfig]]) -> pd.DataFrame
 
 
 def mechanisms_report(config_by_task: dict[str, RunConfig], *, n_rows: int = 200) -> pd.DataFrame:
-    """What the papers' methods rely on, per task (`kdlib.mechanisms`), on `n_rows` test rows: the teacher's
+    """What the papers' methods rely on, per task (`kdlib._mechanisms`), on `n_rows` test rows: the teacher's
     entropy and top-1 agreement with the references, the warmed-up student's exposure gap, and whether the
     teacher recovers after the student's first slip. Reads the config's cached teacher and warm-up."""
     out = []

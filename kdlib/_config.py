@@ -17,9 +17,10 @@ from typing import Any, Optional
 
 import yaml
 
-from kdlib import names, usertask
-from kdlib.names import DIVERGENCE_PARAMS, EMBEDDED_SIZES, SAMPLER_DEFAULTS, TASK_SPLITS
-from kdlib.names import PRETRAINED_NAMES as PRETRAINED
+from kdlib import _names as names
+from kdlib import _usertask as usertask
+from kdlib._names import DIVERGENCE_PARAMS, EMBEDDED_SIZES, SAMPLER_DEFAULTS, TASK_SPLITS
+from kdlib._names import PRETRAINED_NAMES as PRETRAINED
 
 SOURCES = ("data", "seqkd", "sampler", "mix", "distillm")
 
@@ -45,7 +46,7 @@ class RunConfig:
     method: str = "sft"
     """Preset naming the source, sampler and divergence: one of METHODS."""
     task: str = "arith"
-    """Embedded task name (arith, summ), a folder of your own JSONL files (kdlib.usertask, docs/your_task.md),
+    """Embedded task name (arith, summ), a folder of your own JSONL files (kdlib._usertask, docs/your_task.md),
     or a paper dataset name (paper profile)."""
     profile: str = "embedded"
     """'embedded' (CPU, self-made models and data) or 'paper' (hub models and datasets, GPU)."""
@@ -64,7 +65,7 @@ class RunConfig:
     an embedded size; 'pretrained': a named model's weights as loaded (paper profile, SmolLM2)."""
     sft_init_steps: int = 0
     """Steps of the SFT warm-up that student_init='sft' starts from (0 = the task's recipe, run to its plateau;
-    see kdlib.recipes.sft_init_steps). Independent of `steps`, so every method starts from one student."""
+    see kdlib._recipes.sft_init_steps). Independent of `steps`, so every method starts from one student."""
     source: Optional[str] = None
     """Where a step's sequences come from: data | seqkd | sampler | mix | distillm."""
     sampler: Optional[str] = None
@@ -159,7 +160,7 @@ class RunConfig:
                              "embedded size: use 'scratch' or 'sft'")
         if self.chat_template_from not in ("check", "student", "teacher"):
             raise ValueError(f"chat_template_from={self.chat_template_from!r}: choose check, student or teacher")
-        if self.profile == "paper":  # the dataset and its splits are checked by kdlib.paper.check_config
+        if self.profile == "paper":  # the dataset and its splits are checked by kdlib._paper.check_config
             if not self.data_dir and os.environ.get("KDLIB_PAPER_DATA"):  # part of the run: hash it
                 object.__setattr__(self, "data_dir", os.environ["KDLIB_PAPER_DATA"])
         elif self.data_dir:
@@ -246,7 +247,7 @@ class RunConfig:
 
     def key_fields(self, exclude=("eval_every", "checkpoint_every", "keep_checkpoints", "report_to")) -> dict:
         """Every field that changes this run's own result, in one canonical form: what
-        `kdlib.runcache.run_hash` hashes, together with the hashes of the runs this one starts from."""
+        `kdlib._runcache.run_hash` hashes, together with the hashes of the runs this one starts from."""
         defaults = _defaults()
         d = {k: v for k, v in self.to_dict().items()
              if k not in exclude and not (k in ADDED_FIELDS and v == defaults[k])}
@@ -263,7 +264,7 @@ class RunConfig:
 
     @property
     def user_task(self):
-        """The `kdlib.usertask.UserTask` when `task` is a folder of your own JSONL files, else None."""
+        """The `kdlib._usertask.UserTask` when `task` is a folder of your own JSONL files, else None."""
         if self.profile == "paper" or self.task in TASK_SPLITS or not usertask.is_user_task(self.task):
             return None
         return usertask.spec(self.task)
@@ -375,7 +376,7 @@ def _check_model_name(role: str, name: str, local: str | None = None, check_offl
 def check_models_reachable(cfg: RunConfig, local_path=None) -> None:
     """Before a run loads anything: with HF_HUB_OFFLINE set, every hub name must be in the local cache (a
     config alone, e.g. the paper plan, does not need the models). `local_path(name)` gives where a name is
-    read from (the paper profile passes `kdlib.paper.model_path`)."""
+    read from (the paper profile passes `kdlib._paper.model_path`)."""
     for role in ("teacher", "student"):
         name = getattr(cfg, role)
         _check_model_name(role, name, local_path(name) if local_path else None, check_offline=True)

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import logging
 
-from kdlib import paper, usertask, workload
-from kdlib.config import RunConfig
-from kdlib.models import check_same_tokenizer, load_tokenizer
-from kdlib.names import EMBEDDED_SIZES, TASK_METRIC
+from kdlib import _paper as paper
+from kdlib import _usertask as usertask
+from kdlib import _workload as workload
+from kdlib._config import RunConfig
+from kdlib._models import check_same_tokenizer, load_tokenizer
+from kdlib._names import EMBEDDED_SIZES, TASK_METRIC
 
 log = logging.getLogger(__name__)
 
 
 def load_rows(cfg: RunConfig, split: str, n: int | None = None, tok=None) -> list[dict]:
     """Rows of `split` for `cfg`: an embedded task's split, or a paper dataset ('test', 'gsm_plus',
-    'dolly:test'; see kdlib.paper.parse_split) formatted for the tokenizer's chat template or not."""
+    'dolly:test'; see kdlib._paper.parse_split) formatted for the tokenizer's chat template or not."""
     if cfg.profile == "embedded":
         if cfg.user_task is not None:
             return usertask.load_rows(cfg.task, split, n)
@@ -69,7 +71,7 @@ def validation_rows(cfg: RunConfig, tok=None) -> list[dict]:
 
 def named_path(name: str) -> str:
     """A pretrained name of the embedded profile (smollm2, …), a local directory, or a hub name (from
-    a local copy under $KDLIB_MODELS when there is one; see kdlib.paper.model_path)."""
+    a local copy under $KDLIB_MODELS when there is one; see kdlib._paper.model_path)."""
     return str(workload.PRETRAINED[name]()) if name in workload.PRETRAINED else paper.model_path(name)
 
 

@@ -17,9 +17,9 @@ from typing import Optional
 
 import torch
 
-from kdlib import workload
-from kdlib.data import SequenceBatch, encode_batch, encode_prompts
-from kdlib.evaluate import greedy_decode
+from kdlib import _workload as workload
+from kdlib._data import SequenceBatch, encode_batch, encode_prompts
+from kdlib._evaluate import greedy_decode
 
 
 @dataclass
@@ -29,7 +29,7 @@ class StepContext:
     tokenizer: object
     student: torch.nn.Module
     teacher: Optional[torch.nn.Module]
-    sampler: object  # from kdlib.samplers.build_sampler, or None
+    sampler: object  # from kdlib._samplers.build_sampler, or None
     max_new_tokens: int
     sample_temperature: float
     device: torch.device

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from kdlib._io import atomic_path, writing  # noqa: F401 - writing: part of this module's API
-from kdlib.runcache import run_hash
+from kdlib._runcache import run_hash
 
 _NAME = re.compile(r"step-(\d+)\.pt$")
 
