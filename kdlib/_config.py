@@ -11,6 +11,7 @@ import math
 import os
 import re
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -485,7 +486,7 @@ def apply_overrides(d: dict, overrides: list[str] | dict) -> dict:
     return d
 
 
-def load_config(path=None, overrides=()) -> RunConfig:
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """A config from a YAML file (or defaults) with key=value overrides applied last."""
     d = {}
     if path is not None:

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from kdlib._io import check_jsonl
+
+if TYPE_CHECKING:  # annotations only
+    from collections.abc import Sequence
+
+    from transformers import PreTrainedTokenizerBase
 
 REQUIRED_FIELDS = ("prompt", "response")
 
@@ -61,7 +66,7 @@ def validate_rows(rows, source: str, fields=REQUIRED_FIELDS) -> None:
                                  f"got {value!r}")
 
 
-def load_jsonl(path, fields=REQUIRED_FIELDS) -> list[dict]:
+def load_jsonl(path: str | Path, fields: Sequence[str] = REQUIRED_FIELDS) -> list[dict]:
     """Load a JSONL file through `datasets` exactly like a real dataset, then validate every row."""
     from datasets import load_dataset
 
@@ -93,7 +98,8 @@ def leading_bos(tokenizer) -> str:
     return tokenizer.bos_token if ids and ids[0] == bos_id else ""
 
 
-def encode_prompts(tokenizer, prompts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                   device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids and mask, (B, P) each."""
     bos = leading_bos(tokenizer)
     texts = [format_prompt(tokenizer, p, bos) for p in prompts]
@@ -103,7 +109,7 @@ def encode_prompts(tokenizer, prompts: list[str], device=None) -> tuple[torch.Te
     return (ids.to(device), mask.to(device)) if device is not None else (ids, mask)
 
 
-def encode_batch(tokenizer, prompts: list[str], responses: list[str], max_response_tokens: int
+def encode_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[str], max_response_tokens: int
                  ) -> SequenceBatch:
     """Prompts left-padded, responses right-padded and ended with EOS (kept as a target even when
     pad == eos, because the mask is built from lengths, not from token values)."""

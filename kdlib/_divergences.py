@@ -539,7 +539,7 @@ def masked_sum(values: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.bool(), values, 0.0).sum()
 
 
-def reduce_loss(values: Tensor, mask: Tensor, num_tokens) -> Tensor:
+def reduce_loss(values: Tensor, mask: Tensor, num_tokens: int | float | Tensor) -> Tensor:
     """Loss of one micro-batch: Σ_{mask} values / max(num_tokens, 1).
 
     num_tokens is the number of response tokens in the whole optimizer step (all micro-batches, all

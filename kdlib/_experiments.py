@@ -15,6 +15,7 @@ import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -53,6 +54,9 @@ from kdlib._scoring import (
 )
 from kdlib._sources import build_source
 from kdlib._train import Trainer
+
+if TYPE_CHECKING:  # annotations only
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +278,7 @@ def _mean(values):
     return sum(values) / len(values) if values else 0.0
 
 
-def trained_model(cfg: RunConfig, progress: bool = True):
+def trained_model(cfg: RunConfig, progress: bool = True) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """The student a config trains (running it if not cached) and its tokenizer."""
     run(cfg, progress=progress)
     return load_run(cfg)[:2]
@@ -300,7 +304,7 @@ def check_export_folder(output_dir) -> Path:
     return out
 
 
-def export_run(cfg: RunConfig, output_dir) -> Path:
+def export_run(cfg: RunConfig, output_dir: str | Path) -> Path:
     """Copy a finished run out of the cache: `save_pretrained` model and tokenizer, and result.json, in
     `output_dir`, loadable with `AutoModelForCausalLM.from_pretrained(output_dir)`. The folder must be
     empty or new, so an export never mixes two runs."""

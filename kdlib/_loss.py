@@ -37,7 +37,8 @@ def response_logits(model, batch: SequenceBatch) -> torch.Tensor:
     return out.logits[:, :-1]  # (B, N, V)
 
 
-def sequence_loss_sum(student, teacher, batch: SequenceBatch, divergence: str, params: dict | None = None, *,
+def sequence_loss_sum(student: torch.nn.Module, teacher: torch.nn.Module | None, batch: SequenceBatch, divergence: str,
+                      params: dict | None = None, *,
                       temperature: float = 1.0, chunk_size: int | None = None,
                       forwards: Forwards | None = None) -> tuple[torch.Tensor, int]:
     """Sum over the response tokens of `batch` of the per-token `divergence` (a name of

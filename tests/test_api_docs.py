@@ -1,4 +1,5 @@
 """docs/api.md runs: its Python blocks, in order, as one script; and `kdlib` exports what the page lists."""
+import inspect
 import re
 from pathlib import Path
 
@@ -45,3 +46,29 @@ def test_import_kdlib_does_not_import_torch():
             "                student='Qwen/Qwen2.5-0.5B-Instruct', student_init='pretrained')\n"
             "paper.check_config(cfg); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _unannotated(fn) -> list[str]:
+    sig = inspect.signature(fn)
+    missing = [p.name for p in sig.parameters.values() if p.annotation is inspect.Parameter.empty
+               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in ("self", "cls")]
+    return missing + (["return"] if sig.return_annotation is inspect.Signature.empty else [])
+
+
+def test_the_unannotated_finder_sees_a_missing_hint():
+    def typed(a: int, *args, **kw) -> int: ...
+    def untyped(a, b: int): ...
+    assert _unannotated(typed) == [] and _unannotated(untyped) == ["a", "return"]
+
+
+def test_the_public_surface_has_type_hints():
+    """Every public function of `kdlib` and of the notebooks' toolkit names the types it takes and returns."""
+    from kdlib.notebook import claims, figures, grids, measure, plots, tables
+
+    functions = {name: getattr(kdlib, name) for name in kdlib.__all__ if inspect.isfunction(getattr(kdlib, name, None))}
+    for mod in (grids, tables, claims, figures, plots, measure):
+        functions |= {f"{mod.__name__}.{n}": f for n, f in vars(mod).items()
+                      if not n.startswith("_") and inspect.isfunction(f) and f.__module__ == mod.__name__}
+    assert len(functions) > 40
+    missing = {name: m for name, f in functions.items() if (m := _unannotated(f))}
+    assert missing == {}

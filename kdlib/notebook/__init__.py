@@ -10,8 +10,7 @@ holds parameters, calls and prose, and a cell you adapt calls only these names a
     and, from the runs:      run_grid, teacher_config, sft_init_recipe, evaluate, load_rows, task_metric
 
 `from kdlib import notebook as knb` reaches every name of the four parts (`knb.grid`, `knb.paired_table`, ...);
-`from kdlib.notebook import measure, plots, run_grid` the rest. Only measure and the run names load torch,
-on first use.
+`from kdlib.notebook import measure, plots, run_grid` the rest.
 """
 import importlib
 

@@ -2,6 +2,7 @@
 (reproduced / not separated / reversed), the length and training-curve claims."""
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,8 @@ from kdlib._scoring import SAMPLED_SUFFIX
 from kdlib.notebook.tables import curves_frame, evaluated, item_scores, results_frame
 
 
-def paired_table(results: list[dict], pairs, *, evals=None, settings=None) -> pd.DataFrame:
+def paired_table(results: list[dict], pairs: Sequence[tuple[str, str]], *, evals: Sequence[str] | None = None,
+                 settings: Sequence[str] | None = None) -> pd.DataFrame:
     """Paired comparisons (`kdlib._stats.compare`) of runs that share seeds and test items: for each
     (better, worse) in `pairs` (methods, or values of `settings`, one label per run, when given) and each
     evaluation set (`evals`, default every scored set: greedy "test", sampled "test_t1", ...), one row with both means,
@@ -35,7 +37,7 @@ def _difference_row(d, better: str, worse: str, split: str) -> dict:
             "items": d.n_items, "verdict": d.verdict}
 
 
-def paired_table_by(results: list[dict], field: str, pairs, **kw) -> pd.DataFrame:
+def paired_table_by(results: list[dict], field: str, pairs: Sequence[tuple[str, str]], **kw) -> pd.DataFrame:
     """`paired_table` within each value of a result field (e.g. student, task), with that value as "group"."""
     groups = list(dict.fromkeys(r[field] for r in results))
     return pd.concat([paired_table([r for r in results if r[field] == g], pairs, **kw).assign(group=g)
@@ -102,7 +104,7 @@ def paired_claims(table: pd.DataFrame, paper: str) -> list[str]:
             f"seed(s) × {r.items} items → {r.verdict}" for r in table.itertuples()]
 
 
-def seed_claim(df: pd.DataFrame, by: str, better, worse, *, value: str = "score", paper: str = "",
+def seed_claim(df: pd.DataFrame, by: str, better: Hashable, worse: Hashable, *, value: str = "score", paper: str = "",
                paired: bool = True) -> str:
     """A claim on one number per run (a sampled score, self-BLEU, a switch rate): `better` > `worse`, values
     of column `by`, with the 95 % bootstrap interval of the difference over seeds — paired by seed when the
@@ -123,7 +125,7 @@ def seed_claim(df: pd.DataFrame, by: str, better, worse, *, value: str = "score"
     return f"{paper}: {text}" + ("" if paired else " (unpaired)")
 
 
-def save_claims(claims: list[str], out_dir, name: str = "claims") -> None:
+def save_claims(claims: list[str], out_dir: str | Path, name: str = "claims") -> None:
     """The notebook's claim lines, as Markdown beside its figures (quoted by the README)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """Composite figures the notebooks share: a paper's main table, with its paired differences and claims."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from kdlib.notebook import plots
@@ -11,7 +13,8 @@ __all__ = ["main_table"]
 
 
 def main_table(results: list[dict], method: str, methods: list[str], *, versus: list[str], label: str, task: str,
-               out_dir, shown: list[str] | None = None, by_pair: bool = False) -> tuple[pd.DataFrame, str, list[str]]:
+               out_dir: str | Path, shown: list[str] | None = None,
+               by_pair: bool = False) -> tuple[pd.DataFrame, str, list[str]]:
     """A paper's main table, as notebooks 02 and 03 draw it.
 
     Writes main_table.md (mean score per method of `shown`, default `methods`; per pair as well when

@@ -3,6 +3,7 @@ the paper profile's swap, and a pair's defaults."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 from kdlib import _paper as paper
@@ -68,7 +69,7 @@ def eval_splits(task: str) -> tuple:
     return tuple(s for s in splits if s != "train")
 
 
-def table_configs(profile: str, table: str, embedded: list[RunConfig], seeds) -> list[RunConfig]:
+def table_configs(profile: str, table: str, embedded: list[RunConfig], seeds: Sequence[int]) -> list[RunConfig]:
     """The configs behind one paper table or figure: the embedded grid the notebook built, or, with
     profile='paper', the paper table's runs (`kdlib._paper.TABLES[table]`: hub pairs and datasets)."""
     if profile == "embedded":

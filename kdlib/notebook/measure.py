@@ -5,6 +5,7 @@ sampler hands over. Each takes run configs (the notebooks build them with `kdlib
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import pandas as pd
 import torch
@@ -57,7 +58,7 @@ def mechanisms_report(config_by_task: dict[str, RunConfig], *, n_rows: int = 200
     return pd.DataFrame(out)
 
 
-def quality_diversity_frame(configs: list[RunConfig], temperatures, *, n_rows: int,
+def quality_diversity_frame(configs: list[RunConfig], temperatures: Sequence[float], *, n_rows: int,
                             n_samples: int = 4) -> pd.DataFrame:
     """GKD Fig. 4's points: for each trained run (trained first if not cached) and temperature, the mean
     score of `n_samples` samples per test prompt (first `n_rows` prompts) and their mean self-BLEU; one row

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from kdlib._config import RunConfig
 
@@ -17,7 +20,7 @@ def style() -> None:
     plt.rcParams.update({"figure.dpi": 110, "savefig.bbox": "tight", "figure.figsize": (6, 3.6)})
 
 
-def save_figure(fig, out_dir, name: str) -> Path:
+def save_figure(fig: Figure, out_dir: str | Path, name: str) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "pdf"):
@@ -25,7 +28,7 @@ def save_figure(fig, out_dir, name: str) -> Path:
     return out / f"{name}.png"
 
 
-def save_table(df: pd.DataFrame, out_dir, name: str, floatfmt: str = ".3f") -> Path:
+def save_table(df: pd.DataFrame, out_dir: str | Path, name: str, floatfmt: str = ".3f") -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / f"{name}.csv", index=False)
@@ -33,7 +36,7 @@ def save_table(df: pd.DataFrame, out_dir, name: str, floatfmt: str = ".3f") -> P
     return out / f"{name}.md"
 
 
-def save_provenance(results: list[dict], out_dir, extra: dict | None = None) -> Path:
+def save_provenance(results: list[dict], out_dir: str | Path, extra: dict | None = None) -> Path:
     """Which configs, seeds and commit made the figures in `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +57,7 @@ def mean_std(df: pd.DataFrame, by: list[str], value: str = "score") -> pd.DataFr
     return g.agg(mean="mean", std="std", seeds="count").reset_index()
 
 
-def mean_std_wide(df: pd.DataFrame, by, values: list[str], sort: bool = True) -> pd.DataFrame:
+def mean_std_wide(df: pd.DataFrame, by: str | list[str], values: list[str], sort: bool = True) -> pd.DataFrame:
     """Per group, "<value>_mean" and "<value>_std" over its rows (the seeds) for each of `values`: flat
     column names, one row per group, ready for save_table."""
     table = df.groupby(by, sort=sort)[list(values)].agg(["mean", "std"])
@@ -63,7 +66,8 @@ def mean_std_wide(df: pd.DataFrame, by, values: list[str], sort: bool = True) ->
 
 
 def bars(df: pd.DataFrame, x: str, y: str = "score", *, hue: str | None = None, col: str | None = None,
-         ylabel: str = "score", title: str = "", order=None):
+         ylabel: str = "score", title: str = "",
+         order: Sequence[str] | None = None) -> Figure:
     """Bars of the mean of `y` per `x` (per `hue`, one panel per `col`), error bars one standard
     deviation over the rows (seeds), each seed as a dot: the figure beside a mean ± sd table."""
     kw = dict(data=df, x=x, y=y, hue=hue, order=order)
@@ -86,7 +90,7 @@ def bars(df: pd.DataFrame, x: str, y: str = "score", *, hue: str | None = None, 
     return fig
 
 
-def differences(table: pd.DataFrame, *, title: str = "", label: str = "paired difference (better − worse)"):
+def differences(table: pd.DataFrame, *, title: str = "", label: str = "paired difference (better − worse)") -> Figure:
     """The paired differences of `kdlib.notebook.paired_table` with their 95 % intervals, one row per
     comparison, one panel per decoding (greedy, sampled): a dot right of the zero line whose interval does
     not cross it is a separated effect in the paper's direction."""
@@ -115,7 +119,8 @@ def differences(table: pd.DataFrame, *, title: str = "", label: str = "paired di
     return fig
 
 
-def reference_lines(ax, references: dict, *, styles=("--", ":"), fmt: str = "{name} {value:.3f}") -> None:
+def reference_lines(ax: Axes, references: dict, *, styles: Sequence[str] = ("--", ":"),
+                    fmt: str = "{name} {value:.3f}") -> None:
     """A horizontal line per reference score (e.g. the teacher's and the warm-up student's, from
     `kdlib.notebook.measure.reference_scores`), each labelled with its name and value for the legend."""
     for (name, value), style in zip(references.items(), styles):

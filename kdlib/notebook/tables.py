@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -51,7 +52,7 @@ def score_table(results: list[dict], methods: list[str], by: tuple = ("method",)
     return table.reset_index()
 
 
-def item_scores(results: list[dict], split: str = "test", settings=None) -> pd.DataFrame:
+def item_scores(results: list[dict], split: str = "test", settings: Sequence[str] | None = None) -> pd.DataFrame:
     """Per-item scores of finished runs on one evaluation set (`split`, e.g. "test", "plus", "test_t1" for
     the temperature-1 samples): one row per (run, item) with method, seed, student, task, item id, score,
     and `settings[i]` as column "setting" for the i-th run when given; read from each run's
@@ -76,7 +77,7 @@ def evaluated(curves: pd.DataFrame) -> pd.DataFrame:
     return curves.dropna(subset=["eval_score"]) if "eval_score" in curves else curves.iloc[:0]
 
 
-def runtime_table(runs: pd.DataFrame, by: str = "setting", refs=("onpolicy", "skd")) -> pd.DataFrame:
+def runtime_table(runs: pd.DataFrame, by: str = "setting", refs: Sequence[str] = ("onpolicy", "skd")) -> pd.DataFrame:
     """Seconds per step per method (rows) and `by` value (columns), mean over seeds, plus "<col> / <ref>"
     ratio columns for each reference method present (a missing reference is skipped, not an error)."""
     rt = runs.groupby([by, "method"], sort=False)["seconds_per_step"].mean().unstack(by)
