@@ -271,6 +271,29 @@ def test_training_claims_compare_phases_per_seed_and_the_first_evaluation():
     assert "too few" in training_claims(curves[curves.step == 1], "adaswitch")[0]
 
 
+def test_plateau_claims_tell_rising_flat_falling_and_undetermined_curves_apart():
+    import pandas as pd
+
+    from kdlib.notebook import plateau_claims
+
+    small = [0.002, -0.001, 0.0005, -0.0015, 0.001]  # per seed, around zero, well inside ±0.005
+    large = [0.03, -0.02, 0.025, -0.03, 0.01]  # around zero but wide: cannot say flat
+    gain = {"rising": (0.05, small), "flat": (0.0, small), "tiny": (0.002, [x / 4 for x in small]),
+            "falling": (-0.05, small), "noisy": (0.0, large)}  # score change from step 100 to step 150
+    rows = [{"method": m, "seed": seed, "step": step, "loss": 0.1,
+             "eval_score": 0.4 + step / 1000 * (step < 150) + (0.1 + g + noise[seed]) * (step == 150) + seed / 10}
+            for m, (g, noise) in gain.items() for seed in range(5) for step in (50, 100, 150)]
+    rows += [{"method": "once", "seed": 0, "step": 150, "loss": 0.1, "eval_score": 0.5}]
+    lines = dict(zip([*gain, "once"], plateau_claims(pd.DataFrame(rows))))
+    assert lines["rising"].endswith("→ still rising") and "last 50 steps" in lines["rising"]
+    assert "+0.050" in lines["rising"] and "over 5 seed(s)" in lines["rising"]  # step 150 minus step 100
+    assert "→ flat" in lines["flat"] and lines["falling"].endswith("→ falling")
+    assert "→ flat" in lines["tiny"]  # a consistent but negligible gain is a plateau, not a rise
+    assert "→ still rising" in plateau_claims(pd.DataFrame(rows), tolerance=0.001)[2]  # unless told otherwise
+    assert "undetermined" in lines["noisy"] and "too few" in lines["once"]
+    assert plateau_claims(pd.DataFrame(rows).drop(columns="eval_score")) == []  # nothing evaluated
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebooks_open_on_the_kdlib_kernel_that_setup_installs_into_the_venv(path):
     nb = json.loads(Path(path).read_text())

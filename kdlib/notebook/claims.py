@@ -171,6 +171,32 @@ def training_claims(curves: pd.DataFrame, method: str, *, n_steps: int = 10) -> 
                                      f"method there ({best})")]
 
 
+def plateau_claims(curves: pd.DataFrame, *, tolerance: float = 0.005) -> list[str]:
+    """A protocol check, not a paper claim: has each evaluated method's learning curve flattened by the end?
+    Per method, each seed's score at the last evaluation minus its score at the one before, with the 95 %
+    bootstrap interval over seeds (paired by seed). An equivalence reading: "flat" when the whole interval
+    lies within ±`tolerance` (default: half a point of score between two evaluations), else "still rising"
+    or "falling" when it excludes zero, else "undetermined"."""
+    scored = evaluated(curves)
+    lines = []
+    for method, own in scored.groupby("method", sort=False):
+        steps = sorted(own.step.unique())
+        if len(steps) < 2:
+            lines.append(f"protocol check, {method}: evaluated at {len(steps)} step(s), too few to see a plateau")
+            continue
+        before, last = steps[-2:]
+        wide = own.pivot_table(index="seed", columns="step", values="eval_score")[[before, last]].dropna()
+        r = stats.paired_bootstrap(wide[last].to_numpy()[:, None], wide[before].to_numpy()[:, None])
+        if -tolerance <= r.low and r.high <= tolerance:
+            verdict = f"flat (the interval lies within ±{tolerance:g})"
+        else:
+            verdict = "still rising" if r.low > 0 else "falling" if r.high < 0 else \
+                f"undetermined (the interval reaches past ±{tolerance:g})"
+        text = r.describe(f"step {last}", f"step {before}").replace(f" × {r.n_items} items", "").rsplit(" → ", 1)[0]
+        lines.append(f"protocol check, {method}: score gain over the last {last - before} steps: {text} → {verdict}")
+    return lines
+
+
 def distillm_schedule_claim(results: list[dict]) -> tuple[str | None, pd.DataFrame]:
     """Whether DistiLLM's adaptive schedule fired in these runs: the claim line (student-output probability at
     the end, mean and range over seeds; None when no run recorded the schedule) and the schedule's table

@@ -76,7 +76,7 @@ def bars(df: pd.DataFrame, x: str, y: str = "score", *, hue: str | None = None, 
         g = sns.catplot(**kw, col=col, kind="bar", errorbar="sd", height=3.4, aspect=1.3, sharey=False,
                         alpha=0.8)
         g.map_dataframe(sns.stripplot, x=x, y=y, hue=hue, order=order, dodge=hue is not None, size=3,
-                        legend=False, **dots)
+                        jitter=False, legend=False, **dots)
         g.set_axis_labels(x, ylabel)
         g.set_xticklabels(rotation=30, ha="right")
         if title:
@@ -84,7 +84,8 @@ def bars(df: pd.DataFrame, x: str, y: str = "score", *, hue: str | None = None, 
         return g.figure
     fig, ax = plt.subplots()
     sns.barplot(**kw, errorbar="sd", alpha=0.8, ax=ax)
-    sns.stripplot(**kw, dodge=hue is not None, size=3, legend=False, ax=ax, **dots)
+    # no random jitter: the same figure, byte for byte, at every render of the same runs
+    sns.stripplot(**kw, dodge=hue is not None, size=3, jitter=False, legend=False, ax=ax, **dots)
     ax.set(xlabel=x, ylabel=ylabel, title=title)
     ax.tick_params(axis="x", labelrotation=30)
     return fig
