@@ -246,9 +246,10 @@ class RunConfig:
         d["report_to"] = list(self.report_to)
         return d
 
-    def key_fields(self, exclude=("eval_every", "checkpoint_every", "keep_checkpoints", "report_to")) -> dict:
+    def key_fields(self, exclude: Sequence[str] = (
+            "eval_every", "checkpoint_every", "keep_checkpoints", "report_to")) -> dict:
         """Every field that changes this run's own result, in one canonical form: what
-        `kdlib._runcache.run_hash` hashes, together with the hashes of the runs this one starts from."""
+        `kdlib.run_hash` hashes, together with the hashes of the runs this one starts from."""
         defaults = _defaults()
         d = {k: v for k, v in self.to_dict().items()
              if k not in exclude and not (k in ADDED_FIELDS and v == defaults[k])}

@@ -28,7 +28,7 @@ REQUIRED_FIELDS = ("prompt", "response")
 @dataclass
 class SequenceBatch:
     """Prompt and response token ids in the one layout every part of kdlib reads: a training step's
-    micro-batch, and a sampler's rollout (`kdlib._samplers.Rollout` is this class). The fields after
+    micro-batch, and a sampler's rollout (`kdlib.Rollout` is this class). The fields after
     `prompt_length` are keyword-only."""
 
     input_ids: torch.Tensor  # (B, P+N) long: left-padded prompt | response, pad after a row's EOS
@@ -49,7 +49,7 @@ class SequenceBatch:
     incl. EOS), seconds (wall time), prefill_seconds and step_seconds (list, one wall time per decoding step,
     or per round of draft-and-verify: what `benchmarks/bench_samplers.py` compares step by step; on CUDA they
     are host times of asynchronous launches, only their sum is meaningful). Empty for dataset rows."""
-    def to(self, device) -> "SequenceBatch":
+    def to(self, device: torch.device | str) -> SequenceBatch:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return SequenceBatch(move(self.input_ids), move(self.attention_mask), move(self.response_mask),
                              self.prompt_length, teacher_logits=move(self.teacher_logits),

@@ -3,6 +3,8 @@ per-example outputs and scores by response-length bucket."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -12,6 +14,9 @@ from kdlib._io import atomic_write_text
 from kdlib._loss import sequence_loss_sum
 from kdlib._metrics import answer_correct, extract_answer, rouge_l, score_prediction  # noqa: F401 - API
 from kdlib._samplers import build_sampler
+
+if TYPE_CHECKING:  # annotations only
+    from transformers import PreTrainedTokenizerBase
 
 
 @torch.no_grad()
@@ -72,8 +77,9 @@ def length_buckets(records: list[dict], edges=(0, 12, 24, 36, 1_000_000)) -> lis
     return out
 
 
-def evaluate(model, tokenizer, rows: list[dict], *, metric: str, max_new_tokens: int,
-             out_path=None, progress: bool = False, temperature: float = 0.0, seed: int = 0) -> dict:
+def evaluate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[dict], *, metric: str,
+             max_new_tokens: int, out_path: str | Path | None = None, progress: bool = False,
+             temperature: float = 0.0, seed: int = 0) -> dict:
     """Score `model` on `rows`, greedy (temperature 0) or one sample per row at `temperature` drawn with
     `seed`; write per-example outputs to `out_path` (JSONL) when given."""
     prompts = [r["prompt"] for r in rows]

@@ -42,7 +42,7 @@ def sequence_loss_sum(student: torch.nn.Module, teacher: torch.nn.Module | None,
                       temperature: float = 1.0, chunk_size: int | None = None,
                       forwards: Forwards | None = None) -> tuple[torch.Tensor, int]:
     """Sum over the response tokens of `batch` of the per-token `divergence` (a name of
-    `kdlib._divergences.DIVERGENCES`, with its `params`), and the number of those tokens. A divergence against
+    `kdlib.DIVERGENCES`, with its `params`), and the number of those tokens. A divergence against
     the teacher reads `batch.teacher_logits` when the sampler kept them, else runs `teacher` once (no
     gradient); 'ce' reads the response tokens as targets and needs no teacher. `forwards` counts the calls."""
     forwards = forwards if forwards is not None else Forwards()

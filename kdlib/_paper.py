@@ -482,7 +482,7 @@ def table_runs(name: str, seeds=(0,)) -> list[PaperRun]:
 
 A100_BF16_FLOPS = 312e12  # peak dense bf16 FLOP/s of one A100
 # The samplers' values at the papers' scale (vocabularies of 32k-256k), not the embedded calibration
-# (kdlib._samplers.SAMPLER_DEFAULTS, chosen for a 197-word vocabulary): SKD's reference top_k 25; SWITCH's and
+# (kdlib.SAMPLER_DEFAULTS, chosen for a 197-word vocabulary): SKD's reference top_k 25; SWITCH's and
 # AdaSwitch's are not in the papers' text and stay CHOSEN (the values first chosen for kdlib; re-tune them
 # with notebooks 02 and 03 on a GPU). Gradient clipping stays at 1.0, the usual value for LLM fine-tuning.
 # SKD's block 5: the reference code drafts 5 student tokens per teacher pass (the same rule; not timed at GPU

@@ -4,6 +4,7 @@ held-out validation rows; the metric each split is scored with."""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from kdlib import _paper as paper
 from kdlib import _usertask as usertask
@@ -12,10 +13,14 @@ from kdlib._config import RunConfig
 from kdlib._models import check_same_tokenizer, load_tokenizer
 from kdlib._names import EMBEDDED_SIZES, TASK_METRIC
 
+if TYPE_CHECKING:  # annotations only
+    from transformers import PreTrainedTokenizerBase
+
 log = logging.getLogger(__name__)
 
 
-def load_rows(cfg: RunConfig, split: str, n: int | None = None, tok=None) -> list[dict]:
+def load_rows(cfg: RunConfig, split: str, n: int | None = None,
+              tok: PreTrainedTokenizerBase | None = None) -> list[dict]:
     """Rows of `split` for `cfg`: an embedded task's split, or a paper dataset ('test', 'gsm_plus',
     'dolly:test'; see kdlib._paper.parse_split) formatted for the tokenizer's chat template or not."""
     if cfg.profile == "embedded":

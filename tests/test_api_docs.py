@@ -61,14 +61,38 @@ def test_the_unannotated_finder_sees_a_missing_hint():
     assert _unannotated(typed) == [] and _unannotated(untyped) == ["a", "return"]
 
 
+def _public_callables(owner_name: str, owner) -> dict:
+    """A public function, or a public class with its own public methods (and __init__), by dotted name."""
+    if inspect.isfunction(owner):
+        return {owner_name: owner}
+    if not inspect.isclass(owner):
+        return {}
+    out = {}
+    for n, f in vars(owner).items():
+        f = f.__func__ if isinstance(f, (staticmethod, classmethod)) else f
+        if inspect.isfunction(f) and (not n.startswith("_") or n == "__init__"):
+            out[f"{owner_name}.{n}"] = f
+    return out
+
+
 def test_the_public_surface_has_type_hints():
-    """Every public function of `kdlib` and of the notebooks' toolkit names the types it takes and returns."""
+    """Every public function, and every public method of a public class, of `kdlib`, of the notebooks' toolkit
+    (its parts and the names it re-exports from the runs) and of the TRL integration names the types it
+    takes and returns."""
+    import kdlib.notebook as knb
     from kdlib.notebook import claims, figures, grids, measure, plots, tables
 
-    functions = {name: getattr(kdlib, name) for name in kdlib.__all__ if inspect.isfunction(getattr(kdlib, name, None))}
+    callables = {}
+    for name in kdlib.__all__:
+        callables |= _public_callables(name, getattr(kdlib, name))
     for mod in (grids, tables, claims, figures, plots, measure):
-        functions |= {f"{mod.__name__}.{n}": f for n, f in vars(mod).items()
-                      if not n.startswith("_") and inspect.isfunction(f) and f.__module__ == mod.__name__}
-    assert len(functions) > 40
-    missing = {name: m for name, f in functions.items() if (m := _unannotated(f))}
+        for n, f in vars(mod).items():
+            if not n.startswith("_") and getattr(f, "__module__", None) == mod.__name__:
+                callables |= _public_callables(f"{mod.__name__}.{n}", f)
+    for n in knb._FROM_RUNS:
+        callables |= _public_callables(f"kdlib.notebook.{n}", getattr(knb, n))
+    trl = pytest.importorskip("kdlib.integrations.trl")
+    callables |= _public_callables("KDLibGKDTrainer", trl.KDLibGKDTrainer)
+    assert len(callables) > 60 and "KDLibGKDTrainer.compute_loss" in callables and "RunConfig.key_fields" in callables
+    missing = {name: m for name, f in callables.items() if (m := _unannotated(f))}
     assert missing == {}

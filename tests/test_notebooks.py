@@ -292,6 +292,13 @@ def test_plateau_claims_tell_rising_flat_falling_and_undetermined_curves_apart()
     assert "→ still rising" in plateau_claims(pd.DataFrame(rows), tolerance=0.001)[2]  # unless told otherwise
     assert "undetermined" in lines["noisy"] and "too few" in lines["once"]
     assert plateau_claims(pd.DataFrame(rows).drop(columns="eval_score")) == []  # nothing evaluated
+    one_seed = pd.DataFrame([r for r in rows if r["seed"] == 0])
+    assert all("too few" in line for line in plateau_claims(one_seed))  # no interval from one seed
+    # two tasks are never averaged together: each gets its own line, named
+    other = pd.DataFrame(rows).assign(task="arith", eval_score=lambda d: d.eval_score + 0.3)
+    two = plateau_claims(pd.concat([pd.DataFrame(rows).assign(task="summ"), other]))
+    assert len(two) == 2 * len(lines) and any(line.startswith("protocol check, arith, rising:") for line in two)
+    assert [line.split(": ", 1)[1] for line in two[:len(lines)]] == [line.split(": ", 1)[1] for line in lines.values()]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -115,3 +115,35 @@ def test_every_module_but_the_public_ones_is_private():
     public = {m for m in modules if not any(part.startswith("_") for part in m.split(".")[1:] if part != "__main__")}
     assert public == PUBLIC_MODULES, public ^ PUBLIC_MODULES
     assert "kdlib._samplers.decoder" in modules and "kdlib._train" in modules  # the finder sees private ones
+
+
+def private_imports(source: str) -> list[str]:
+    """The kdlib modules or names behind a `_` that `source` imports."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found += [n for n in names if n.startswith("kdlib") and any(p.startswith("_") for p in n.split(".")[1:])]
+    return found
+
+
+def test_the_private_import_finder_finds_planted_ones():
+    assert private_imports("from kdlib import _train as train\nimport kdlib._samplers.decoder") == \
+        ["kdlib._train", "kdlib._samplers.decoder"]
+    assert private_imports("from kdlib import notebook as knb, run\nfrom kdlib.notebook import plots") == []
+
+
+def test_the_notebooks_import_only_the_public_surface():
+    """A notebook cell a user adapts reaches kdlib through `kdlib`, `kdlib.notebook` and `kdlib.integrations`."""
+    import json
+
+    private = []
+    for nb in sorted((KDLIB.parent / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            if cell["cell_type"] == "code":
+                private += [f"{nb.name}: {n}" for n in private_imports("".join(cell["source"]))]
+    assert private == []

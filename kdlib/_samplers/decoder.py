@@ -165,12 +165,12 @@ class Sampler:
     block = 1
     """Draft-and-verify block: tokens the student drafts per teacher forward (1 = the lockstep decoder)."""
 
-    def init_state(self, batch_size: int, device) -> object:
+    def init_state(self, batch_size: int, device: torch.device | str) -> object:
         """Per-rollout state of the rule (e.g. AdaSwitch's window of distances)."""
         return None
 
     def decide(self, t: int | Tensor, student_logits: Tensor, teacher_logits: Tensor, student_token: Tensor,
-               state, active: Optional[Tensor] = None) -> Tensor:
+               state: object, active: Optional[Tensor] = None) -> Tensor:
         """(B,) bool: True where the teacher emits token t. `student_logits` and `teacher_logits` are the
         untempered log-probabilities log q_t and log p_t (log_softmax over the shared id prefix, float32,
         (B, V)), so a rule may skip its own normalisation (`step_distance(..., log_probs=True)`); any rule
@@ -181,12 +181,13 @@ class Sampler:
         the rows whose position t is real: a rule with state must advance only those."""
         raise NotImplementedError
 
-    def student_rows(self, state) -> Optional[Tensor]:
+    def student_rows(self, state: object) -> Optional[Tensor]:
         """(B,) bool: the rows that may still get a student token; the decoders drop the others (and ended
         rows with them) from the student's batch. None, the default: every row, always."""
         return None
 
-    def sample(self, student, teacher, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
+    def sample(self, student: torch.nn.Module | None, teacher: torch.nn.Module | None, prompt_ids: Tensor,
+               prompt_mask: Tensor, *, max_new_tokens: int,
                eos_token_id: EosIds | str = "model", pad_token_id: int | str = "model",
                temperature: float = 1.0, top_p: float = 1.0,
                top_k: int = 0, generator: torch.Generator, return_teacher_logits: bool = False) -> Rollout:

@@ -19,6 +19,7 @@ the rollout and the loss as public methods.
 from __future__ import annotations
 
 import torch
+from transformers import GenerationConfig
 from trl.experimental.gkd import GKDTrainer
 
 from kdlib import _divergences as divergences
@@ -45,7 +46,7 @@ class KDLibGKDTrainer(GKDTrainer):
 
     def __init__(self, *args, sampler: str = "student", sampler_params: dict | None = None,
                  divergence: str = "jsd", divergence_params: dict | None = None, loss_temperature: float = 1.0,
-                 reuse_teacher_logits: bool = True, **kwargs):
+                 reuse_teacher_logits: bool = True, **kwargs) -> None:
         if sampler not in SAMPLER_DEFAULTS:
             raise ValueError(f"sampler={sampler!r} is unknown; choose one of {sorted(SAMPLER_DEFAULTS)}")
         if divergence not in DIVERGENCE_PARAMS or not divergences.needs_teacher(divergence):
@@ -62,11 +63,14 @@ class KDLibGKDTrainer(GKDTrainer):
         self.kd_last_rollout = None  # the last Rollout: who wrote each token, switch positions, timings
         self.kd_forwards = Forwards()  # the loss's own forward calls (the sampler's are in each rollout's stats)
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                      num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
         self.kd_rolled_out = False  # set when this step's sequences come from a rollout
         return super().training_step(model, inputs, num_items_in_batch)
 
-    def generate_on_policy_outputs(self, model, inputs, generation_config):
+    def generate_on_policy_outputs(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                                   generation_config: GenerationConfig,
+                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A kdlib rollout from the step's left-padded prompts, in TRL's (input_ids, attention_mask, labels).
         TRL also calls this with the teacher as `model` for its seq_kd steps: the teacher then writes alone."""
         teacher = self.accelerator.unwrap_model(self.teacher_model)
@@ -82,7 +86,8 @@ class KDLibGKDTrainer(GKDTrainer):
         labels = rollout.input_ids.masked_fill(~rollout.response_mask, -100)
         return rollout.input_ids, rollout.attention_mask, labels
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                     num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor | tuple:
         """Σ over the response tokens (labels != -100) of the kdlib divergence between student and teacher
         next-token distributions, / a token count. On a rollout, the count is the rollout's response tokens:
         TRL's `num_items_in_batch` counts the dataset's reference tokens, which the rollout replaced (equal to

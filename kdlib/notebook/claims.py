@@ -173,19 +173,26 @@ def training_claims(curves: pd.DataFrame, method: str, *, n_steps: int = 10) -> 
 
 def plateau_claims(curves: pd.DataFrame, *, tolerance: float = 0.005) -> list[str]:
     """A protocol check, not a paper claim: has each evaluated method's learning curve flattened by the end?
-    Per method, each seed's score at the last evaluation minus its score at the one before, with the 95 %
-    bootstrap interval over seeds (paired by seed). An equivalence reading: "flat" when the whole interval
-    lies within ±`tolerance` (default: half a point of score between two evaluations), else "still rising"
-    or "falling" when it excludes zero, else "undetermined"."""
+    Per task, student and method, each seed's score at the last evaluation minus its score at the one before,
+    with the 95 % bootstrap interval over seeds (paired by seed). An equivalence reading: "flat" when the whole
+    interval lies within ±`tolerance` (a change of score between two evaluations, so it depends on
+    `eval_every`; the default, half a point, suits evaluations 50 steps apart), else "still rising" or
+    "falling" when it excludes zero, else "undetermined". Fewer than two seeds give no interval."""
     scored = evaluated(curves)
+    keys = [k for k in ("task", "student") if k in scored and scored[k].nunique() > 1] + ["method"]
     lines = []
-    for method, own in scored.groupby("method", sort=False):
+    for key, own in scored.groupby(keys, sort=False):
+        name = ", ".join(map(str, key if isinstance(key, tuple) else (key,)))
         steps = sorted(own.step.unique())
         if len(steps) < 2:
-            lines.append(f"protocol check, {method}: evaluated at {len(steps)} step(s), too few to see a plateau")
+            lines.append(f"protocol check, {name}: evaluated at {len(steps)} step(s), too few to see a plateau")
             continue
         before, last = steps[-2:]
         wide = own.pivot_table(index="seed", columns="step", values="eval_score")[[before, last]].dropna()
+        if len(wide) < 2:
+            lines.append(f"protocol check, {name}: {len(wide)} seed(s) evaluated at steps {before} and {last}, "
+                         "too few for an interval")
+            continue
         r = stats.paired_bootstrap(wide[last].to_numpy()[:, None], wide[before].to_numpy()[:, None])
         if -tolerance <= r.low and r.high <= tolerance:
             verdict = f"flat (the interval lies within ±{tolerance:g})"
@@ -193,7 +200,7 @@ def plateau_claims(curves: pd.DataFrame, *, tolerance: float = 0.005) -> list[st
             verdict = "still rising" if r.low > 0 else "falling" if r.high < 0 else \
                 f"undetermined (the interval reaches past ±{tolerance:g})"
         text = r.describe(f"step {last}", f"step {before}").replace(f" × {r.n_items} items", "").rsplit(" → ", 1)[0]
-        lines.append(f"protocol check, {method}: score gain over the last {last - before} steps: {text} → {verdict}")
+        lines.append(f"protocol check, {name}: score gain over the last {last - before} steps: {text} → {verdict}")
     return lines
 
 
