@@ -12,7 +12,8 @@ TORCH_CPU := torch==2.13.0
 
 help:
 	@echo "make reproduce   run every notebook (PROFILE=embedded|paper, DRY_RUN=1 to list paper runs;"
-	@echo "                 KDLIB_SHIPPED=0 with an empty cache: train the shipped teachers too)"
+	@echo "                 KDLIB_SHIPPED=0 with an empty cache: train the shipped teachers too;"
+	@echo "                 STEPS=300: notebooks 01-03 at 300 distillation steps, into figures/steps-300/)"
 	@echo "make test        lint (ruff) + unit tests + every notebook at smallest settings (smoke)"
 	@echo "make bench       speed and memory ratios, measured side by side (QUICK=1: headline ratios only)"
 	@echo "make lab         JupyterLab on the project's .venv, notebooks on the kdlib kernel"
@@ -53,7 +54,7 @@ smoke: setup
 	$(PY) -m kdlib._reproduce --smoke
 
 reproduce: setup
-	$(PY) -m kdlib._reproduce --profile $(PROFILE) $(if $(filter 1,$(DRY_RUN)),--dry-run,)
+	$(PY) -m kdlib._reproduce --profile $(PROFILE) $(if $(filter 1,$(DRY_RUN)),--dry-run,) $(if $(STEPS),--steps $(STEPS),)
 
 # QUICK=1: the headline ratios at smaller sizes (the memory bench is skipped)
 bench: setup

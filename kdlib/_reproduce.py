@@ -6,6 +6,8 @@
   so CI executes every cell in seconds without touching the committed figures.
 - ``--profile paper``: the paper profile's parameters (GPU machines with hub access);
   ``--dry-run`` prints the runs it would launch instead.
+- ``--steps N``: notebooks 01-03 with N distillation steps instead of the protocol's 150 (300: curves that
+  have flattened, about twice the time); figures to ``figures/steps-N/<notebook>/``, the committed ones untouched.
 
 A failure names the notebook and the cell that failed; the run stops there.
 """
@@ -32,6 +34,9 @@ NOTEBOOKS = ROOT / "notebooks"
 # after 01 and 03 (which share none), so that no notebook waits on a run another one is training. Notebooks
 # not named here start last, in name order.
 START_ORDER = ("01_gkd", "03_adaswitch", "02_switch", "00_quickstart", "04_your_pair", "05_trl")
+
+
+STEPS_NOTEBOOKS = ("01_gkd", "02_switch", "03_adaswitch")  # the notebooks with a `steps` parameter
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:
@@ -68,6 +73,9 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="embedded", choices=("embedded", "paper"))
     ap.add_argument("--dry-run", action="store_true", help="paper profile: list the runs, run nothing")
     ap.add_argument("--only", nargs="*", help="substrings of notebook names to run")
+    ap.add_argument("--steps", type=int, default=None,
+                    help=f"distillation steps of notebooks {', '.join(STEPS_NOTEBOOKS)} (default: each notebook's "
+                         "own); figures go to figures/steps-N/")
     ap.add_argument("--jobs", type=int, default=None,
                     help="notebooks run at once (default: 2 for the embedded profile on >= 2 cores, else 1); "
                          "runs they share are trained once (a lock per run)")
@@ -81,11 +89,15 @@ def main(argv=None) -> int:
     selected = notebooks(args.only)  # (the cache before the run is read below, to count the runs trained)
     if args.profile == "paper":  # the notebooks with paper tables; their figures go to figures/paper/
         selected = [nb for nb in selected if nb.stem in {t.notebook for t in TABLES.values()}]
+    if args.steps is not None:
+        if args.steps < 1 or args.smoke or args.profile != "embedded":
+            ap.error(f"--steps takes a positive number of steps, for the embedded profile only; got {args.steps}")
+        selected = [nb for nb in selected if nb.stem in STEPS_NOTEBOOKS]
     if not selected:
         ap.error(f"no notebook in {NOTEBOOKS} matches --only {' '.join(args.only or [])}")
     jobs = args.jobs or (min(2, os.cpu_count() or 1) if args.profile == "embedded" and not args.smoke else 1)
     jobs = min(jobs, len(selected))  # one notebook alone keeps every thread
-    executed = ROOT / ".cache" / "executed"
+    executed = ROOT / ".cache" / "executed" / (f"steps-{args.steps}" if args.steps is not None else "")
     watch = Stopwatch()
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="kdlib-smoke-") as tmp:
@@ -107,11 +119,14 @@ def main(argv=None) -> int:
             # committed name no machine's checkout
             elif args.profile == "paper":  # never overwrite the committed embedded figures
                 params.update(out_dir=f"figures/paper/{nb.stem}")
+            elif args.steps is not None:  # nor with another number of steps
+                params.update(steps=args.steps, out_dir=f"figures/steps-{args.steps}/{nb.stem}")
             else:  # the committed figures: only make reproduce writes them (by hand, a notebook writes .cache/)
                 params.update(out_dir=f"figures/{nb.stem}")
             print(f"[reproduce] {nb.name} ({'smoke' if args.smoke else args.profile}) ...", flush=True)
             took = execute(nb, params, (Path(tmp) if args.smoke else executed) / nb.name)
-            if not args.smoke and args.profile == "embedded" and (executed / nb.name).exists():  # for `make site`
+            committed = not args.smoke and args.profile == "embedded" and args.steps is None
+            if committed and (executed / nb.name).exists():  # for `make site`
                 (ROOT / "figures" / "executed").mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(executed / nb.name, ROOT / "figures" / "executed" / nb.name)
             seconds[nb.stem] = took
@@ -130,7 +145,7 @@ def main(argv=None) -> int:
             raise
     wall = time.time() - watch.start
     print(f"[reproduce] all notebooks done in {wall:.0f} s ({wall / 60:.1f} min wall, {jobs} at a time)")
-    if args.profile == "embedded" and not args.smoke and not args.only:
+    if args.profile == "embedded" and not args.smoke and not args.only and args.steps is None:
         _write_times(seconds, jobs, watch.elapsed())
     return 0
 

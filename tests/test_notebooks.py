@@ -173,6 +173,19 @@ def test_reproduce_gives_a_lone_notebook_every_thread_and_names_an_unknown_one(t
     with pytest.raises(SystemExit):
         reproduce.main(["--only", "no_such_notebook"])
     assert "no_such_notebook" in capsys.readouterr().err
+    # another number of steps: notebooks 01-03 only, into their own folder, never the committed figures
+    seen.clear()
+    outs.clear()
+    params_seen = []
+    monkeypatch.setattr(reproduce, "execute", lambda nb, params, out, env=None: params_seen.append((nb.stem, params))
+                        or 1.0)
+    reproduce.main(["--steps", "300", "--jobs", "1"])
+    assert sorted((stem, p["steps"], p["out_dir"]) for stem, p in params_seen) == [
+        (stem, 300, f"figures/steps-300/{stem}") for stem in ("01_gkd", "02_switch", "03_adaswitch")]
+    for bad in (["--steps", "0"], ["--steps", "300", "--smoke"], ["--steps", "300", "--profile", "paper"]):
+        with pytest.raises(SystemExit):
+            reproduce.main(bad)
+        assert "--steps takes a positive number" in capsys.readouterr().err
 
 
 def test_host_condition_reports_steal_and_unaccounted_time(tmp_path):
@@ -292,6 +305,9 @@ def test_plateau_claims_tell_rising_flat_falling_and_undetermined_curves_apart()
     assert "→ still rising" in plateau_claims(pd.DataFrame(rows), tolerance=0.001)[2]  # unless told otherwise
     assert "undetermined" in lines["noisy"] and "too few" in lines["once"]
     assert plateau_claims(pd.DataFrame(rows).drop(columns="eval_score")) == []  # nothing evaluated
+    # a seed evaluated more often (another eval_every) does not move the steps compared: 150 against 100
+    extra = [{**r, "step": 125, "eval_score": 0.0} for r in rows if r["seed"] == 0 and r["step"] == 150]
+    assert plateau_claims(pd.DataFrame(rows + extra))[0] == lines["rising"]
     one_seed = pd.DataFrame([r for r in rows if r["seed"] == 0])
     assert all("too few" in line for line in plateau_claims(one_seed))  # no interval from one seed
     # two tasks are never averaged together: each gets its own line, named

@@ -183,15 +183,16 @@ def plateau_claims(curves: pd.DataFrame, *, tolerance: float = 0.005) -> list[st
     lines = []
     for key, own in scored.groupby(keys, sort=False):
         name = ", ".join(map(str, key if isinstance(key, tuple) else (key,)))
-        steps = sorted(own.step.unique())
+        # the steps every seed was evaluated at (runs of one config may differ in eval_every, outside the cache key)
+        steps = sorted(set.intersection(*(set(g.step) for _, g in own.groupby("seed"))))
         if len(steps) < 2:
-            lines.append(f"protocol check, {name}: evaluated at {len(steps)} step(s), too few to see a plateau")
+            lines.append(f"protocol check, {name}: evaluated at {len(steps)} step(s) in every seed, too few to see a "
+                         "plateau")
             continue
         before, last = steps[-2:]
         wide = own.pivot_table(index="seed", columns="step", values="eval_score")[[before, last]].dropna()
         if len(wide) < 2:
-            lines.append(f"protocol check, {name}: {len(wide)} seed(s) evaluated at steps {before} and {last}, "
-                         "too few for an interval")
+            lines.append(f"protocol check, {name}: {len(wide)} seed(s) evaluated, too few for an interval")
             continue
         r = stats.paired_bootstrap(wide[last].to_numpy()[:, None], wide[before].to_numpy()[:, None])
         if -tolerance <= r.low and r.high <= tolerance:
