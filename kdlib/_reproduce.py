@@ -24,7 +24,7 @@ from pathlib import Path
 from kdlib import _paper as paper
 from kdlib._paper import TABLES
 from kdlib._runcache import finished_runs, run_seconds, shipped_among
-from kdlib._timing import Stopwatch
+from kdlib._timing import Stopwatch, host_probe
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -98,6 +98,8 @@ def main(argv=None) -> int:
     jobs = args.jobs or (min(2, os.cpu_count() or 1) if args.profile == "embedded" and not args.smoke else 1)
     jobs = min(jobs, len(selected))  # one notebook alone keeps every thread
     executed = ROOT / ".cache" / "executed" / (f"steps-{args.steps}" if args.steps is not None else "")
+    timed = args.profile == "embedded" and not args.smoke and not args.only and args.steps is None
+    probes = [host_probe()] if timed else []  # the host's speed beside the times it writes
     watch = Stopwatch()
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="kdlib-smoke-") as tmp:
@@ -145,8 +147,9 @@ def main(argv=None) -> int:
             raise
     wall = time.time() - watch.start
     print(f"[reproduce] all notebooks done in {wall:.0f} s ({wall / 60:.1f} min wall, {jobs} at a time)")
-    if args.profile == "embedded" and not args.smoke and not args.only and args.steps is None:
-        _write_times(seconds, jobs, watch.elapsed())
+    if timed:
+        elapsed = watch.elapsed()
+        _write_times(seconds, jobs, elapsed, probes + [host_probe()])
     return 0
 
 
@@ -185,9 +188,10 @@ def run_all(one, selected: list[Path], jobs: int) -> None:
     pool.shutdown()
 
 
-def _write_times(seconds: dict, jobs: int, elapsed: dict) -> None:
+def _write_times(seconds: dict, jobs: int, elapsed: dict, probes: list[float] | None = None) -> None:
     """figures/reproduce_times.md: how long this `make reproduce` took, per notebook, and how many runs it
-    trained (0 = everything came from the cache), so the README's times come from a recorded run."""
+    trained (0 = everything came from the cache), so the README's times come from a recorded run; `probes`:
+    `host_probe`'s seconds per step before and after the notebooks, the host's speed."""
     import platform
     import subprocess
 
@@ -211,6 +215,12 @@ def _write_times(seconds: dict, jobs: int, elapsed: dict) -> None:
               f"own time above, approximates a cold run.", ""]
     if elapsed["host"]:
         lines += [f"During the run, {elapsed['host']} (a healthy machine: about 0 % and 100 %).", ""]
+    if probes:
+        before, after = probes
+        lines += [f"Host speed (`host_probe`: one fixed student-s training step on one thread, median of 30): "
+                  f"{1000 * before:.1f} ms before the notebooks, {1000 * after:.1f} ms after. The same runs take "
+                  f"longer on a slower host: compare this file's minutes with another run's beside the two "
+                  f"runs' probes, which the steal and accounting counters above do not replace.", ""]
     (ROOT / "figures" / "reproduce_times.md").write_text("\n".join(lines))
 
 

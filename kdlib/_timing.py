@@ -4,8 +4,10 @@ evidence only with that context (docs/reproduce.md)."""
 from __future__ import annotations
 
 import os
+import statistics
 import time
 
+from kdlib._names import EMBEDDED_SIZES
 from kdlib._runcache import finished_runs, run_seconds, shipped_among
 
 
@@ -33,6 +35,40 @@ def host_condition(before, after, seconds: float, cores: int | None = None, hz: 
         return ""
     return (f"host CPU: {100 * delta[7] / total:.0f} % stolen by the hypervisor, "
             f"{100 * total / (seconds * cores * hz):.0f} % of wall time × cores accounted")
+
+
+def host_probe(steps: int = 30, warmup: int = 3) -> float:
+    """Seconds per step of a fixed workload, the median of `steps` after `warmup` untimed ones: one training
+    step (forward, backward, AdamW) of a randomly initialised student-s-shaped Llama with the embedded
+    197-token vocabulary, on a fixed batch of 32 × 48 tokens, with one CPU thread as every run uses. The
+    same code does the same work every time, so its time measures the host alone: a `make reproduce` time
+    divided by it compares across days and machines, where the steal and accounting counters of
+    `host_condition` miss a slowdown the guest cannot see (docs/reproduce.md). About 1-2 s."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    size, vocab = EMBEDDED_SIZES["student-s"], 197
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = LlamaConfig(vocab_size=vocab, hidden_size=size.hidden, num_hidden_layers=size.layers,
+                             num_attention_heads=size.heads, num_key_value_heads=size.heads,
+                             intermediate_size=size.intermediate, max_position_embeddings=64)
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+        ids = torch.randint(0, vocab, (32, 48), generator=torch.Generator().manual_seed(0))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        times = []
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+    finally:
+        torch.set_num_threads(before)
 
 
 class Stopwatch:

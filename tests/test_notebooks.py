@@ -188,6 +188,37 @@ def test_reproduce_gives_a_lone_notebook_every_thread_and_names_an_unknown_one(t
         assert "--steps takes a positive number" in capsys.readouterr().err
 
 
+def test_host_probe_times_a_training_step_and_restores_the_thread_count():
+    import torch
+
+    from kdlib._timing import host_probe
+
+    torch.set_num_threads(2)
+    try:
+        seconds = host_probe(steps=2, warmup=1)
+        assert 0 < seconds < 60 and torch.get_num_threads() == 2  # one thread inside, the caller's after
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_a_full_reproduce_writes_the_host_probes_beside_its_times(tmp_path, monkeypatch):
+    """reproduce_times.md carries the host's speed measured before and after the notebooks; a partial run
+    (--only, --steps) writes no times and measures none."""
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path)
+    monkeypatch.setattr(reproduce, "execute", lambda nb, params, out, env=None: 60.0)
+    probes = iter([0.05, 0.1])
+    monkeypatch.setattr(reproduce, "host_probe", lambda: next(probes))
+    (tmp_path / "figures").mkdir()
+    reproduce.main(["--jobs", "1"])
+    times = (tmp_path / "figures" / "reproduce_times.md").read_text()
+    assert "50.0 ms before the notebooks, 100.0 ms after" in times
+    assert "| 00_quickstart | 1.0 |" in times
+    monkeypatch.setattr(reproduce, "host_probe", lambda: pytest.fail("a partial run measured the host"))
+    reproduce.main(["--only", "00_quickstart"])
+    reproduce.main(["--steps", "3", "--jobs", "1"])
+
+
 def test_host_condition_reports_steal_and_unaccounted_time(tmp_path):
     from kdlib._timing import cpu_ticks, host_condition
 
