@@ -193,12 +193,21 @@ def test_host_probe_times_a_training_step_and_restores_the_thread_count():
 
     from kdlib._timing import host_probe
 
-    torch.set_num_threads(2)
+    found, set_to = torch.get_num_threads(), []
+    real_set = torch.set_num_threads
+
+    def recording(n):
+        set_to.append(n)
+        real_set(n)
+
+    real_set(2)
     try:
+        torch.set_num_threads = recording
         seconds = host_probe(steps=2, warmup=1)
-        assert 0 < seconds < 60 and torch.get_num_threads() == 2  # one thread inside, the caller's after
+        assert 0 < seconds < 60 and set_to == [1, 2] and torch.get_num_threads() == 2  # one thread inside
     finally:
-        torch.set_num_threads(1)
+        torch.set_num_threads = real_set
+        real_set(found)
 
 
 def test_a_full_reproduce_writes_the_host_probes_beside_its_times(tmp_path, monkeypatch):
