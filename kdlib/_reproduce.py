@@ -6,8 +6,9 @@
   so CI executes every cell in seconds without touching the committed figures.
 - ``--profile paper``: the paper profile's parameters (GPU machines with hub access);
   ``--dry-run`` prints the runs it would launch instead.
-- ``--steps N``: notebooks 01-03 with N distillation steps instead of the protocol's 150 (300: curves that
-  have flattened, about twice the time); figures to ``figures/steps-N/<notebook>/``, the committed ones untouched.
+- ``--steps N``: notebooks 01-03 with N distillation steps instead of the protocol's 150 (300: where the
+  curves level off, an estimated 95-100 min from an empty cache); figures to ``figures/steps-N/<notebook>/``,
+  the committed ones untouched.
 
 A failure names the notebook and the cell that failed; the run stops there.
 """
@@ -216,11 +217,14 @@ def _write_times(seconds: dict, jobs: int, elapsed: dict, probes: list[float] | 
     if elapsed["host"]:
         lines += [f"During the run, {elapsed['host']} (a healthy machine: about 0 % and 100 %).", ""]
     if probes:
+        from importlib import metadata
+
         before, after = probes
-        lines += [f"Host speed (`host_probe`: one fixed student-s training step on one thread, median of 30): "
+        lines += [f"Host speed (`host_probe`: one fixed student-s-shaped training step on one thread, median of "
+                  f"30; torch {metadata.version('torch')}, transformers {metadata.version('transformers')}): "
                   f"{1000 * before:.1f} ms before the notebooks, {1000 * after:.1f} ms after. The same runs take "
-                  f"longer on a slower host: compare this file's minutes with another run's beside the two "
-                  f"runs' probes, which the steal and accounting counters above do not replace.", ""]
+                  f"longer on a slower host: compare this file's minutes with another run's on this machine beside "
+                  f"the two runs' probes, which the steal and accounting counters above do not replace.", ""]
     (ROOT / "figures" / "reproduce_times.md").write_text("\n".join(lines))
 
 

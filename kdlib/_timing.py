@@ -7,7 +7,6 @@ import os
 import statistics
 import time
 
-from kdlib._names import EMBEDDED_SIZES
 from kdlib._runcache import finished_runs, run_seconds, shipped_among
 
 
@@ -39,23 +38,25 @@ def host_condition(before, after, seconds: float, cores: int | None = None, hz: 
 
 def host_probe(steps: int = 30, warmup: int = 3) -> float:
     """Seconds per step of a fixed workload, the median of `steps` after `warmup` untimed ones: one training
-    step (forward, backward, AdamW) of a randomly initialised student-s-shaped Llama with the embedded
-    197-token vocabulary, on a fixed batch of 32 × 48 tokens, with one CPU thread as every run uses. The
-    same code does the same work every time, so its time measures the host alone: a `make reproduce` time
-    divided by it compares across days and machines, where the steal and accounting counters of
-    `host_condition` miss a slowdown the guest cannot see (docs/reproduce.md). About 1-2 s."""
+    step (forward, backward, AdamW) of a randomly initialised Llama of student-s's shape when this was written
+    (2 layers, width 64, 2 heads, MLP 128, a 197-token vocabulary), on a fixed batch of 32 × 48 tokens, with
+    one CPU thread as every run uses. The shape is written out here, not read from the embedded sizes, so that
+    the work stays the same when those change: its time measures the host (and the torch build), and a
+    `make reproduce` time compares across days on one machine beside it, where the steal and accounting
+    counters of `host_condition` miss a slowdown the guest cannot see (docs/reproduce.md). About 1 s; the
+    caller's thread count and global random state are left as they were."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    size, vocab = EMBEDDED_SIZES["student-s"], 197
+    vocab = 197
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        config = LlamaConfig(vocab_size=vocab, hidden_size=size.hidden, num_hidden_layers=size.layers,
-                             num_attention_heads=size.heads, num_key_value_heads=size.heads,
-                             intermediate_size=size.intermediate, max_position_embeddings=64)
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
+        config = LlamaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                             num_key_value_heads=2, intermediate_size=128, max_position_embeddings=64)
+        with torch.random.fork_rng(devices=[]):  # HF initialisation draws from the global generator
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(config)
         ids = torch.randint(0, vocab, (32, 48), generator=torch.Generator().manual_seed(0))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         times = []

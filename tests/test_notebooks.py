@@ -188,7 +188,7 @@ def test_reproduce_gives_a_lone_notebook_every_thread_and_names_an_unknown_one(t
         assert "--steps takes a positive number" in capsys.readouterr().err
 
 
-def test_host_probe_times_a_training_step_and_restores_the_thread_count():
+def test_host_probe_times_a_training_step_and_leaves_threads_and_random_state_as_they_were():
     import torch
 
     from kdlib._timing import host_probe
@@ -203,8 +203,10 @@ def test_host_probe_times_a_training_step_and_restores_the_thread_count():
     real_set(2)
     try:
         torch.set_num_threads = recording
+        rng = torch.get_rng_state()
         seconds = host_probe(steps=2, warmup=1)
         assert 0 < seconds < 60 and set_to == [1, 2] and torch.get_num_threads() == 2  # one thread inside
+        assert torch.equal(torch.get_rng_state(), rng)  # the caller's random stream is untouched
     finally:
         torch.set_num_threads = real_set
         real_set(found)
