@@ -14,7 +14,7 @@ Two namespaces are public too: `kdlib.notebook` (the notebooks' toolkit) and `kd
 """
 from __future__ import annotations
 
-import importlib
+from kdlib._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -33,12 +33,7 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC) + ["__version__"]
 
 
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'kdlib' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _PUBLIC)
 
 
 def __dir__():

@@ -34,6 +34,24 @@ def test_the_public_names_are_exported_and_nothing_else_is_promised():
         kdlib.Trainer  # internal: not part of the API
 
 
+def test_a_lazy_attribute_is_imported_on_first_use_and_kept_in_the_module():
+    import json
+    import sys
+    import types
+
+    from kdlib._lazy import lazy_attributes
+
+    mod = types.ModuleType("kdlib_lazy_probe")
+    sys.modules[mod.__name__] = mod
+    try:
+        mod.__getattr__ = lazy_attributes(mod.__name__, {"dumps": "json"})
+        assert "dumps" not in vars(mod) and mod.dumps is json.dumps and vars(mod)["dumps"] is json.dumps
+        with pytest.raises(AttributeError, match="'kdlib_lazy_probe' has no attribute 'loads'"):
+            mod.loads
+    finally:
+        del sys.modules[mod.__name__]
+
+
 def test_import_kdlib_does_not_import_torch():
     import subprocess
     import sys

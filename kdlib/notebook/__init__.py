@@ -12,8 +12,7 @@ holds parameters, calls and prose, and a cell you adapt calls only these names a
 `from kdlib import notebook as knb` reaches every name of the four parts (`knb.grid`, `knb.paired_table`, ...);
 `from kdlib.notebook import measure, plots, run_grid` the rest.
 """
-import importlib
-
+from kdlib._lazy import lazy_attributes
 from kdlib.notebook.claims import *  # noqa: F401,F403
 from kdlib.notebook.claims import _bucket, _bucketed_items, _difference_row  # noqa: F401
 from kdlib.notebook.figures import *  # noqa: F401,F403
@@ -24,9 +23,4 @@ _FROM_RUNS = {"run_grid": "kdlib._experiments", "teacher_config": "kdlib._recipe
               "evaluate": "kdlib._evaluate", "load_rows": "kdlib._rows", "task_metric": "kdlib._rows"}
 
 
-def __getattr__(name: str):
-    if name in _FROM_RUNS:
-        value = getattr(importlib.import_module(_FROM_RUNS[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'kdlib.notebook' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _FROM_RUNS)
