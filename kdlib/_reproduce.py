@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     jobs = min(jobs, len(selected))  # one notebook alone keeps every thread
     executed = ROOT / ".cache" / "executed" / (f"steps-{args.steps}" if args.steps is not None else "")
     timed = args.profile == "embedded" and not args.smoke and not args.only and args.steps is None
-    probes = [host_probe()] if timed else []  # the host's speed beside the times it writes
+    probe_before = host_probe() if timed else None  # the host's speed beside the times it writes
     watch = Stopwatch()
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="kdlib-smoke-") as tmp:
@@ -148,9 +148,8 @@ def main(argv=None) -> int:
             raise
     wall = time.time() - watch.start
     print(f"[reproduce] all notebooks done in {wall:.0f} s ({wall / 60:.1f} min wall, {jobs} at a time)")
-    if timed:
-        elapsed = watch.elapsed()
-        _write_times(seconds, jobs, elapsed, probes + [host_probe()])
+    if timed:  # (the second probe runs after the wall time is read, as the first ran before it started)
+        _write_times(seconds, jobs, watch.elapsed(), (probe_before, host_probe()))
     return 0
 
 
@@ -189,7 +188,7 @@ def run_all(one, selected: list[Path], jobs: int) -> None:
     pool.shutdown()
 
 
-def _write_times(seconds: dict, jobs: int, elapsed: dict, probes: list[float] | None = None) -> None:
+def _write_times(seconds: dict, jobs: int, elapsed: dict, probes: tuple[float, float] | None = None) -> None:
     """figures/reproduce_times.md: how long this `make reproduce` took, per notebook, and how many runs it
     trained (0 = everything came from the cache), so the README's times come from a recorded run; `probes`:
     `host_probe`'s seconds per step before and after the notebooks, the host's speed."""
