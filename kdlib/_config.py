@@ -97,7 +97,8 @@ class RunConfig:
     max_new_tokens: int = 64
     """Longest sampled or decoded response, in tokens."""
     sample_temperature: float = 1.0
-    """Temperature when a sampler draws a token (0 = greedy). Not the loss temperature."""
+    """Temperature when a sampler draws a token, and of the teacher's responses SeqKD trains on (0 = greedy).
+    Not the loss temperature."""
     loss_temperature: float = 1.0
     """Temperature dividing both logits inside the divergence. Not the sampling temperature."""
     n_train: int = 1000
@@ -257,6 +258,11 @@ class RunConfig:
         if self.resolved["source"] == "distillm":  # its schedule reacts to the evaluations
             d["eval_every"] = self.eval_every
             d["distillm_schedule"] = 2  # 2: the authors' loss-margin rule, validation loss, decaying replay
+        if self.resolved["source"] == "seqkd":  # sample_temperature is the temperature of SeqKD's teacher data
+            if self.sample_temperature == 0:  # greedy: the data every SeqKD run read before sampling, same key
+                d["sample_temperature"] = 1.0
+            else:
+                d["seqkd_data"] = "sampled"  # not the greedy data that this temperature's runs once read
         if self.select_checkpoint == "validation":  # the evaluated steps are the candidates
             d["eval_every"] = self.eval_every
         task = self.user_task

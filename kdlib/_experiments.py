@@ -128,7 +128,8 @@ def _train_and_score(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) ->
     labelled = rows[:cfg.n_labelled] if cfg.n_labelled else None  # None: every row is labelled
     source = build_source(r["source"], rows, cfg.seed, cfg.student_data_fraction,
                           rank=PartialState().process_index, steps=cfg.steps, labelled=labelled)
-    source.prepare(teacher, tok, max_new_tokens=cfg.max_new_tokens, cache_key=teacher_data_key(cfg))
+    source.prepare(teacher, tok, max_new_tokens=cfg.max_new_tokens, cache_key=teacher_data_key(cfg),
+                   temperature=cfg.sample_temperature)
     sampler = samplers.build_sampler(r["sampler"], **r["sampler_params"]) if r["sampler"] else None
     curve_rows = load_rows(cfg, cfg.eval_splits[0], cfg.n_eval, tok)
     for split in cfg.eval_splits[1:]:  # every evaluation set is readable before the first step, not after training

@@ -19,7 +19,7 @@ import torch
 
 from kdlib import _workload as workload
 from kdlib._data import SequenceBatch, encode_batch, encode_prompts
-from kdlib._evaluate import greedy_decode
+from kdlib._evaluate import greedy_decode, sample_decode
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Source:
     uses_sampler = False
 
     def __init__(self, rows: list[dict], seed: int, rank: int = 0, labelled: list[dict] | None = None):
-        self.rows, self.picker = rows, RowPicker(len(rows), seed)
+        self.seed, self.rows, self.picker = seed, rows, RowPicker(len(rows), seed)
         # the rows whose reference responses may be read (n_labelled); the prompts' order when all are
         self.labelled = rows if labelled is None else labelled
         self.label_picker = self.picker if labelled is None else RowPicker(len(labelled), seed + 4)
@@ -79,9 +79,10 @@ class Source:
     # The hooks the run calls; a source overrides the ones it needs.
     wants_validation = False  # True: the run measures the held-out loss and calls report_validation
 
-    def prepare(self, teacher, tokenizer, *, max_new_tokens: int, cache_key: dict) -> None:
+    def prepare(self, teacher, tokenizer, *, max_new_tokens: int, cache_key: dict, temperature: float = 1.0) -> None:
         """Once, after the models are loaded and before the first step (SeqKD: the teacher's responses).
-        `cache_key` names the teacher and the data, for whatever the source builds once and caches."""
+        `cache_key` names the teacher and the data, for whatever the source builds once and caches;
+        `temperature` is the run's sampling temperature (SeqKD draws the teacher's responses at it)."""
 
     def new_step(self) -> None:
         """Once per optimizer step, before its micro-batches (per-step coins: GKD's λ, DistiLLM's mode)."""
@@ -136,21 +137,33 @@ class DataSource(Source):
 
 
 class SeqKDSource(Source):
-    """The rows with the teacher's greedy responses (SeqKD data): generated in `prepare`, once per teacher and
-    data (cached under cache/seqkd), then read like fixed rows. Rows that already carry a ``teacher_response``
+    """The rows with the teacher's responses (SeqKD data): generated in `prepare`, once per teacher, data,
+    temperature and (when sampled) seed, cached under cache/seqkd, then read like fixed rows. One response per
+    prompt, drawn from the teacher at the run's `sample_temperature` (1.0, the default: MiniLLM's and DistiLLM's
+    SeqKD data, sampled with top-k 0, top-p 1.0, temperature 1.0) from a generator seeded by the run's seed;
+    temperature 0 takes the teacher's greedy response instead. Rows that already carry a ``teacher_response``
     are used as they are."""
 
-    def prepare(self, teacher, tokenizer, *, max_new_tokens: int, cache_key: dict) -> None:
+    SEED_OFFSET = 5  # the data's generator: seed + 5, apart from the source's other generators (seed + 0 ... 4)
+
+    def prepare(self, teacher, tokenizer, *, max_new_tokens: int, cache_key: dict, temperature: float = 1.0) -> None:
         if all("teacher_response" in r for r in self.rows):
             return
-        rows = self.rows
+        rows, prompts = self.rows, [r["prompt"] for r in self.rows]
+        key = {**cache_key, "n": len(rows), "max_new_tokens": max_new_tokens}
+        if temperature > 0:  # greedy data keeps the key it had when SeqKD was always greedy
+            key.update(temperature=temperature, seed=self.seed)
 
         def build(d: Path):
-            outs = greedy_decode(teacher, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens)
+            if temperature > 0:
+                outs = sample_decode(teacher, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                     temperature=temperature, seed=self.seed + self.SEED_OFFSET)
+            else:
+                outs = greedy_decode(teacher, tokenizer, prompts, max_new_tokens=max_new_tokens)
             (d / "rows.jsonl").write_text("".join(
                 json.dumps({**r, "teacher_response": o or "."}) + "\n" for r, o in zip(rows, outs)))
 
-        d = workload.cached_dir("seqkd", {**cache_key, "n": len(rows), "max_new_tokens": max_new_tokens}, build)
+        d = workload.cached_dir("seqkd", key, build)
         self.rows = [json.loads(line) for line in (d / "rows.jsonl").read_text().splitlines()]
 
     def batch(self, ctx, k):

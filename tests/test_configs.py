@@ -81,8 +81,9 @@ PINNED_HASHES = {
                     sampler_params={"schedule": "linear"}), "a4b1404fd456"),
     "distillm": (dict(task="summ", n_train=4000, n_labelled=100, steps=150, n_eval=1000, method="distillm",
                       eval_every=50), "b4b4b86ea91d"),
+    # greedy SeqKD data (sample_temperature 0) keeps the key of the runs made when SeqKD was always greedy
     "seqkd": (dict(task="summ", n_train=4000, n_labelled=100, steps=150, n_eval=1000, method="seqkd",
-                   student="student-m", seed=1), "5a21aa2f39a7"),
+                   student="student-m", seed=1, sample_temperature=0.0), "5a21aa2f39a7"),
 }
 
 
@@ -90,3 +91,13 @@ PINNED_HASHES = {
 def test_cache_keys_of_existing_runs_do_not_change(name):
     fields, pinned = PINNED_HASHES[name]
     assert run_hash(RunConfig(**fields)) == pinned
+
+
+def test_sampled_seqkd_data_is_a_new_run_and_greedy_keeps_its_key():
+    """SeqKD's data is drawn at sample_temperature (1.0 by default): such a run must not read a cached run that was
+    trained on the greedy data, while a greedy one (0) is the same run as before and reads it."""
+    fields = dict(PINNED_HASHES["seqkd"][0])
+    greedy = run_hash(RunConfig(**fields))
+    del fields["sample_temperature"]
+    sampled = {run_hash(RunConfig(**fields)), run_hash(RunConfig(**fields, sample_temperature=0.5))}
+    assert greedy == PINNED_HASHES["seqkd"][1] and greedy not in sampled and len(sampled) == 2

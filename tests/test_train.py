@@ -603,9 +603,9 @@ def test_the_schedule_is_transformers_cosine_and_equals_kdlibs_closed_form(warmu
 
 
 def test_the_seqkd_source_writes_the_teachers_responses_once(tokenizer, arith_rows, models, monkeypatch):
-    """SeqKD builds its own data in `prepare`: the teacher's greedy responses, cached by the key the run gives
-    (a second source over the same rows and key reads them without running the teacher); other sources ignore
-    the hook."""
+    """SeqKD builds its own data in `prepare`: at temperature 0 the teacher's greedy responses, cached by the key the
+    run gives (a second source over the same rows and key reads them without running the teacher); other sources
+    ignore the hook."""
     from kdlib import _evaluate as evaluate
     from kdlib import _sources as sources
 
@@ -615,13 +615,38 @@ def test_the_seqkd_source_writes_the_teachers_responses_once(tokenizer, arith_ro
     real = evaluate.greedy_decode
     monkeypatch.setattr(sources, "greedy_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = build_source("seqkd", rows, seed=0)
-    first.prepare(teacher, tokenizer, max_new_tokens=8, cache_key=key)
+    first.prepare(teacher, tokenizer, max_new_tokens=8, cache_key=key, temperature=0.0)
     expected = real(teacher, tokenizer, [r["prompt"] for r in rows], max_new_tokens=8)
     assert [r["teacher_response"] for r in first.rows] == [o or "." for o in expected]
     assert [r["response"] for r in first.rows] == [r["response"] for r in rows]  # the labels stay
     second = build_source("seqkd", rows, seed=0)
-    second.prepare(None, tokenizer, max_new_tokens=8, cache_key=key)  # cached: no teacher needed
+    second.prepare(None, tokenizer, max_new_tokens=8, cache_key=key, temperature=0.0)  # cached: no teacher needed
     assert second.rows == first.rows and calls == [1]
     data = build_source("data", rows, seed=0)
     data.prepare(None, tokenizer, max_new_tokens=8, cache_key=key)
     assert data.rows == rows
+
+
+def test_the_seqkd_source_samples_the_teacher_at_the_run_temperature(tokenizer, arith_rows, models):
+    """By default (temperature 1, MiniLLM's SeqKD data) each prompt gets one response drawn from the teacher with
+    a generator seeded by the run's seed: the same seed reads the same cached responses without the teacher,
+    another seed draws others, and neither is the greedy data."""
+    from kdlib._evaluate import sample_decode
+
+    _, teacher = models
+    rows, key = arith_rows[:16], {"teacher": "t-test-sampled", "task": "arith"}
+    prompts = [r["prompt"] for r in rows]
+    sampled = build_source("seqkd", rows, seed=3)
+    sampled.prepare(teacher, tokenizer, max_new_tokens=8, cache_key=key)
+    drawn = sample_decode(teacher, tokenizer, prompts, max_new_tokens=8, temperature=1.0, seed=3 + 5)
+    assert [r["teacher_response"] for r in sampled.rows] == [o or "." for o in drawn]
+    again = build_source("seqkd", rows, seed=3)
+    again.prepare(None, tokenizer, max_new_tokens=8, cache_key=key)  # cached per seed: no teacher needed
+    assert again.rows == sampled.rows
+    other = build_source("seqkd", rows, seed=4)
+    other.prepare(teacher, tokenizer, max_new_tokens=8, cache_key=key)
+    greedy = build_source("seqkd", rows, seed=3)
+    greedy.prepare(teacher, tokenizer, max_new_tokens=8, cache_key=key, temperature=0.0)
+    responses = {name: [r["teacher_response"] for r in src.rows]
+                 for name, src in (("seed 3", sampled), ("seed 4", other), ("greedy", greedy))}
+    assert responses["seed 3"] != responses["seed 4"] and responses["seed 3"] != responses["greedy"]
