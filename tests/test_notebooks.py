@@ -70,6 +70,20 @@ def test_notebook_executes_at_smoke_settings(path, tmp_path):
     assert {".png", ".pdf", ".csv", ".md"} <= produced, f"{path.name} wrote {sorted(produced)}"
 
 
+def test_smoke_grids_keep_a_compared_student_size_but_warm_it_up_briefly():
+    """At smoke settings an axis naming embedded sizes keeps them (the notebook's groups exist), but their SFT
+    warm-ups run tiny's few steps, not the protocol's 300 / 1 500; the full grid keeps the protocol's."""
+    from kdlib._recipes import SFT_INIT_STEPS, SFT_INIT_STEPS_TINY, sft_init_recipe
+    from kdlib.notebook import grid, protocol
+
+    for task in ("summ", "arith"):
+        smoke = grid(protocol(task), True, student=["student-s", "student-m"])
+        assert [c.student for c in smoke] == ["student-s", "student-m"]
+        assert [sft_init_recipe(c).steps for c in smoke] == [SFT_INIT_STEPS_TINY] * 2
+        full = grid(protocol(task), False, student=["student-s", "student-m"])
+        assert [sft_init_recipe(c).steps for c in full] == [SFT_INIT_STEPS[task]] * 2
+
+
 def test_score_table_has_mean_and_spread_per_set():
     from kdlib.notebook import score_table
 

@@ -10,10 +10,13 @@ from kdlib import _paper as paper
 from kdlib import _usertask as usertask
 from kdlib._config import RunConfig
 from kdlib._names import EMBEDDED_SIZES, TASK_SPLITS
+from kdlib._recipes import SFT_INIT_STEPS_TINY
 
-# Smallest settings: every cell runs, in seconds, on tiny models (used by `make smoke` / the tests).
+# Smallest settings: every cell runs, in seconds, on tiny models (used by `make smoke` / the tests). A grid
+# whose axis names an embedded student size keeps that size, but its SFT warm-up is as short as tiny's
+# (the protocol's 300 / 1 500 steps on the real sizes took most of `make test` on a slow host).
 SMOKE = dict(teacher="tiny", teacher_steps=5, student="tiny", steps=3, n_train=64, n_labelled=16, n_eval=8,
-             batch_size=8, max_new_tokens=48, eval_every=2)
+             batch_size=8, max_new_tokens=48, eval_every=2, sft_init_steps=SFT_INIT_STEPS_TINY)
 
 # The embedded protocol (docs/workload.md): labels are scarcer than prompts, as in real distillation (GKD
 # Fig. 3). The student is warmed up by SFT to its plateau on the n_labelled labelled rows; then every method
