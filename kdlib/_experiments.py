@@ -53,6 +53,7 @@ from kdlib._scoring import (
     score_splits,
 )
 from kdlib._sources import build_source
+from kdlib._timing import cpu_kernels
 from kdlib._train import Trainer
 
 if TYPE_CHECKING:  # annotations only
@@ -264,7 +265,7 @@ def provenance(device, dtype) -> dict:
             versions[pkg] = None
     return {"git_commit": commit, "versions": versions, "python": platform.python_version(),
             "device": str(device), "dtype": str(dtype), "threads": torch.get_num_threads(),
-            "pid": os.getpid()}  # which process trained it
+            **cpu_kernels(), "pid": os.getpid()}  # which process trained it
 
 
 def run_grid(configs: list[RunConfig], *, progress: bool = True) -> list[dict]:

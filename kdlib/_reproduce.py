@@ -25,7 +25,7 @@ from pathlib import Path
 from kdlib import _paper as paper
 from kdlib._paper import TABLES
 from kdlib._runcache import finished_runs, run_seconds, shipped_among
-from kdlib._timing import Stopwatch, host_probe
+from kdlib._timing import Stopwatch, cpu_kernels, host_probe
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -198,7 +198,8 @@ def _write_times(seconds: dict, jobs: int, elapsed: dict, probes: tuple[float, f
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip()
     lines = [f"`make reproduce` (embedded profile) on {time.strftime('%Y-%m-%d')}, commit {commit}, "
-             f"{os.cpu_count()} CPU cores ({platform.machine()}), {jobs} notebook(s) at a time; "
+             f"{os.cpu_count()} CPU cores ({platform.machine()}, torch's {cpu_kernels()['cpu_kernels']} kernels), "
+             f"{jobs} notebook(s) at a time; "
              f"{elapsed['trained']} run(s) trained, {elapsed['shipped']} copied from kdlib's shipped runs "
              f"(KDLIB_SHIPPED={os.environ.get('KDLIB_SHIPPED', '1')}), the rest read from the cache.", "",
              "| notebook | minutes |", "|---|---:|"]

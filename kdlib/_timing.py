@@ -36,6 +36,22 @@ def host_condition(before, after, seconds: float, cores: int | None = None, hz: 
             f"{100 * total / (seconds * cores * hz):.0f} % of wall time × cores accounted")
 
 
+# Environment variables that choose the CPU kernels torch (ATen) and MKL run; unset, each picks the widest
+# instruction set the CPU offers, and kernels of different widths sum in different orders
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu_kernels() -> dict:
+    """Which CPU kernels computed a run: torch's vectorised kernel set ('AVX2', 'AVX512', 'DEFAULT', ...)
+    and any of `KERNEL_ENV` that was set. A run repeats bit for bit on the same kernels; on other kernels
+    (another CPU, or these variables) its float sums round differently and the training drifts apart, by
+    about the seeds' spread after a few hundred steps (docs/reproduce.md, "Same numbers on another machine")."""
+    import torch
+
+    return {"cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+            "kernel_env": {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}}
+
+
 def host_probe(steps: int = 30, warmup: int = 3) -> float:
     """Seconds per step of a fixed workload, the median of `steps` after `warmup` untimed ones: one training
     step (forward, backward, AdamW) of a randomly initialised Llama of student-s's shape when this was written

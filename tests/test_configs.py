@@ -34,6 +34,7 @@ def test_config_file_trains_and_evaluates_from_the_command_line(path, tmp_path, 
         (source, sampler, divergence)
     assert 0.0 <= result["score"] <= 1.0 and len(result["curve"]) == 2
     assert result["provenance"]["pid"] == os.getpid()  # trained in this process (a notebook's Stopwatch counts it)
+    assert result["provenance"]["cpu_kernels"]  # the CPU kernels its numbers came from (AVX2, AVX512, ...)
     # SeqKD's teacher writes its data once, before the run (cached, shared): the run makes no teacher forward
     assert (result["teacher_forwards"] > 0) == (path.stem not in ("sft", "seqkd"))
     # eval reads the cached result without training again

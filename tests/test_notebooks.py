@@ -239,9 +239,42 @@ def test_a_full_reproduce_writes_the_host_probes_beside_its_times(tmp_path, monk
     times = (tmp_path / "figures" / "reproduce_times.md").read_text()
     assert "50.0 ms before the notebooks, 100.0 ms after" in times
     assert "| 00_quickstart | 1.0 |" in times
+    from kdlib._timing import cpu_kernels
+
+    assert f"torch's {cpu_kernels()['cpu_kernels']} kernels" in times  # the kernels the numbers came from
     monkeypatch.setattr(reproduce, "host_probe", lambda: pytest.fail("a partial run measured the host"))
     reproduce.main(["--only", "00_quickstart"])
     reproduce.main(["--steps", "3", "--jobs", "1"])
+
+
+def test_cpu_kernels_name_torchs_kernel_set_and_the_variables_that_chose_it(monkeypatch):
+    """A run's numbers repeat only on the same CPU kernels: provenance names them, and a variable that
+    forces other kernels shows both in the name and in the recorded environment."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from kdlib._timing import KERNEL_ENV, cpu_kernels
+
+    for name in KERNEL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert cpu_kernels() == {"cpu_kernels": torch.backends.cpu.get_cpu_capability(), "kernel_env": {}}
+    forced = subprocess.run([sys.executable, "-c", "import json; from kdlib._timing import cpu_kernels; "
+                             "print(json.dumps(cpu_kernels()))"], capture_output=True, text=True, check=True,
+                            env={**os.environ, "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"})
+    assert json.loads(forced.stdout) == {"cpu_kernels": "DEFAULT",
+                                         "kernel_env": {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}}
+
+
+def test_figure_provenance_carries_each_runs_cpu_kernels_where_the_run_recorded_them(tmp_path):
+    from kdlib.notebook.plots import save_provenance
+
+    base = {"method": "kd", "task": "summ", "student": "student-s", "seed": 0}
+    results = [{**base, "hash": "new", "provenance": {"git_commit": "c", "cpu_kernels": "AVX512"}},
+               {**base, "hash": "old", "provenance": {"git_commit": "c"}}]  # trained before runs recorded them
+    runs = json.loads(save_provenance(results, tmp_path).read_text())["runs"]
+    assert runs[0]["cpu_kernels"] == "AVX512" and "cpu_kernels" not in runs[1]
 
 
 def test_host_condition_reports_steal_and_unaccounted_time(tmp_path):

@@ -44,6 +44,8 @@ def save_provenance(results: list[dict], out_dir: str | Path, extra: dict | None
     defaults = RunConfig().to_dict()
     runs = [{"hash": r["hash"], "method": r["method"], "task": r["task"], "student": r["student"],
              "seed": r["seed"], "git_commit": r["provenance"]["git_commit"],
+             # the CPU kernels that computed it (runs trained before 2026-12-05 do not record them)
+             **({"cpu_kernels": r["provenance"]["cpu_kernels"]} if "cpu_kernels" in r["provenance"] else {}),
              # every config field that differs from RunConfig's default: the run is rebuildable from here
              "config": {k: r[k] for k in defaults if k in r and r[k] != defaults[k]}} for r in results]
     path = out / "provenance.json"
