@@ -91,6 +91,9 @@ def test_a_run_writes_per_item_scores_that_paired_claims_read(tmp_path, monkeypa
     table = knb.paired_table(results, [("kd", "sft")])
     assert list(table.decoding) == ["greedy", "sampled T=1"] and set(table.seeds) == {2}
     assert all(c.startswith("claim [test, ") for c in knb.paired_claims(table, "claim"))
+    plan = knb.seeds_table(results, [("kd", "sft")])  # the seeds each difference would need (test_stats)
+    assert list(plan.decoding) == ["greedy", "sampled T=1"] and set(plan.seeds) == {2}
+    assert list(plan.difference) == pytest.approx(list(table.difference))
     with pytest.raises(FileNotFoundError, match="no per-item scores for 'plus'"):
         knb.item_scores(results, "plus")
 

@@ -28,6 +28,27 @@ def paired_table(results: list[dict], pairs: Sequence[tuple[str, str]], *, evals
     return pd.DataFrame(rows)
 
 
+def seeds_table(results: list[dict], pairs: Sequence[tuple[str, str]], *, evals: Sequence[str] | None = None,
+                power: float = 0.8) -> pd.DataFrame:
+    """How many seeds each paired comparison of `paired_table` would need to separate a difference of the
+    size measured (`kdlib._stats.seeds_needed`, a planning estimate from at least 2 seeds): one row per pair
+    and evaluation set with the difference, the seeds measured, the predicted half-width of the interval now,
+    and `seeds_needed` (None: more seeds alone cannot, the test items' variance is the limit)."""
+    sets = evals or [k[len("score_"):] for k in results[0] if k.startswith("score_")]
+    rows = []
+    for split in sets:
+        items = item_scores(results, split)
+        for better, worse in pairs:
+            a, b = stats.aligned(items, better, worse)
+            plan = stats.seeds_needed(a, b, power=power)
+            rows.append({"eval": split.removesuffix(SAMPLED_SUFFIX),
+                         "decoding": "sampled T=1" if split.endswith(SAMPLED_SUFFIX) else "greedy",
+                         "better": better, "worse": worse, "difference": plan.effect, "seeds": len(a),
+                         "half_width": plan.half_width_now, "seed_sd": plan.seed_variance ** 0.5,
+                         "seeds_needed": plan.seeds})
+    return pd.DataFrame(rows)
+
+
 def _difference_row(d, better: str, worse: str, split: str) -> dict:
     """One row of a paired table from a `kdlib._stats.PairedDifference`."""
     return {"eval": split.removesuffix(SAMPLED_SUFFIX),
