@@ -46,7 +46,7 @@ def seeds_table(results: list[dict], pairs: Sequence[tuple[str, str]], *, evals:
                          "better": better, "worse": worse, "difference": plan.effect, "seeds": len(a),
                          "half_width": plan.half_width_now, "seed_sd": plan.seed_variance ** 0.5,
                          "seeds_needed": plan.seeds})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"seeds_needed": "Int64"})  # <NA>: more seeds alone cannot
 
 
 def _difference_row(d, better: str, worse: str, split: str) -> dict:
