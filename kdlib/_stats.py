@@ -148,12 +148,16 @@ class SeedPlan:
     seeds: int | None
     seed_variance: float  # of one seed's mean difference: training-run variance (plus its items' noise)
     item_variance: float  # of the grand mean from the finite test set, which more seeds do not shrink
-    half_width_now: float  # predicted half-width of the 95 % interval at the seeds measured
+    half_width_now: float  # predicted half-width of the interval at the seeds measured
+    level: float = 0.95  # of that interval
 
     def describe(self) -> str:
         if self.seeds is None:
+            from statistics import NormalDist
+
+            z = NormalDist().inv_cdf(1 - (1 - self.level) / 2)
             return (f"an effect of {self.effect:+.3f} cannot be separated by more seeds alone: the test items "
-                    f"give the interval a half-width near {1.96 * self.item_variance ** 0.5:.3f} whatever the seeds")
+                    f"give the interval a half-width near {z * self.item_variance ** 0.5:.3f} whatever the seeds")
         return f"an effect of {self.effect:+.3f} needs about {self.seeds} seeds"
 
 
@@ -185,11 +189,12 @@ def seeds_needed(a, b, *, effect: float | None = None, power: float = 0.8, level
     resid = d - seed_means[:, None] - item_means[None, :] + d.mean()
     v_resid = float((resid ** 2).sum() / max(1, (S - 1) * (N - 1)))
     v_item = max(0.0, float(item_means.var(ddof=1)) - v_resid / S)
-    z = NormalDist().inv_cdf(1 - (1 - level) / 2) + NormalDist().inv_cdf(power)
+    z_level = NormalDist().inv_cdf(1 - (1 - level) / 2)
+    z = z_level + NormalDist().inv_cdf(power)
     # the crossed bootstrap counts the item-by-seed noise twice, once in each seed's mean and once in each
     # item's: it is part of what the interval shrinks with more seeds
     v_per_seed = v_seed + v_resid / N
-    half_now = NormalDist().inv_cdf(1 - (1 - level) / 2) * (v_per_seed / S + v_item / N) ** 0.5
+    half_now = z_level * (v_per_seed / S + v_item / N) ** 0.5
     budget = effect ** 2 / z ** 2 - v_item / N  # what is left for the seeds' term
     seeds = max(2, int(np.ceil(v_per_seed / budget))) if effect != 0 and budget > 0 else None
-    return SeedPlan(effect, seeds, v_seed, v_item / N, half_now)
+    return SeedPlan(effect, seeds, v_seed, v_item / N, half_now, level)

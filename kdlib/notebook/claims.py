@@ -12,15 +12,25 @@ from kdlib._scoring import SAMPLED_SUFFIX
 from kdlib.notebook.tables import curves_frame, evaluated, item_scores, results_frame
 
 
+def _scored_sets(results: list[dict], evals: Sequence[str] | None) -> list[str]:
+    """`evals`, or every evaluation set the first run was scored on (greedy "test", sampled "test_t1", ...)."""
+    return list(evals or [k[len("score_"):] for k in results[0] if k.startswith("score_")])
+
+
+def _split_labels(split: str) -> dict:
+    """A paired table's "eval" and "decoding" columns for an evaluation set ("test_t1": test, sampled T=1)."""
+    return {"eval": split.removesuffix(SAMPLED_SUFFIX),
+            "decoding": "sampled T=1" if split.endswith(SAMPLED_SUFFIX) else "greedy"}
+
+
 def paired_table(results: list[dict], pairs: Sequence[tuple[str, str]], *, evals: Sequence[str] | None = None,
                  settings: Sequence[str] | None = None) -> pd.DataFrame:
     """Paired comparisons (`kdlib._stats.compare`) of runs that share seeds and test items: for each
     (better, worse) in `pairs` (methods, or values of `settings`, one label per run, when given) and each
     evaluation set (`evals`, default every scored set: greedy "test", sampled "test_t1", ...), one row with both means,
     the mean paired difference, its 95 % interval, the seeds and items compared, and the verdict."""
-    sets = evals or [k[len("score_"):] for k in results[0] if k.startswith("score_")]
     rows = []
-    for split in sets:
+    for split in _scored_sets(results, evals):
         items = item_scores(results, split, settings)
         for better, worse in pairs:
             d = stats.compare(items, better, worse, by="method" if settings is None else "setting")
@@ -34,16 +44,14 @@ def seeds_table(results: list[dict], pairs: Sequence[tuple[str, str]], *, evals:
     size measured (`kdlib._stats.seeds_needed`, a planning estimate from at least 2 seeds): one row per pair
     and evaluation set with the difference, the seeds measured, the predicted half-width of the interval now,
     and `seeds_needed` (None: more seeds alone cannot, the test items' variance is the limit)."""
-    sets = evals or [k[len("score_"):] for k in results[0] if k.startswith("score_")]
     rows = []
-    for split in sets:
+    for split in _scored_sets(results, evals):
         items = item_scores(results, split)
         for better, worse in pairs:
             a, b = stats.aligned(items, better, worse)
             plan = stats.seeds_needed(a, b, power=power)
-            rows.append({"eval": split.removesuffix(SAMPLED_SUFFIX),
-                         "decoding": "sampled T=1" if split.endswith(SAMPLED_SUFFIX) else "greedy",
-                         "better": better, "worse": worse, "difference": plan.effect, "seeds": len(a),
+            rows.append({**_split_labels(split), "better": better, "worse": worse, "difference": plan.effect,
+                         "seeds": len(a),
                          "half_width": plan.half_width_now, "seed_sd": plan.seed_variance ** 0.5,
                          "seeds_needed": plan.seeds})
     return pd.DataFrame(rows).astype({"seeds_needed": "Int64"})  # <NA>: more seeds alone cannot
@@ -51,9 +59,7 @@ def seeds_table(results: list[dict], pairs: Sequence[tuple[str, str]], *, evals:
 
 def _difference_row(d, better: str, worse: str, split: str) -> dict:
     """One row of a paired table from a `kdlib._stats.PairedDifference`."""
-    return {"eval": split.removesuffix(SAMPLED_SUFFIX),
-            "decoding": "sampled T=1" if split.endswith(SAMPLED_SUFFIX) else "greedy",
-            "better": better, "worse": worse, "mean_better": d.mean_a, "mean_worse": d.mean_b,
+    return {**_split_labels(split), "better": better, "worse": worse, "mean_better": d.mean_a, "mean_worse": d.mean_b,
             "difference": d.diff, "ci_low": d.low, "ci_high": d.high, "seeds": d.n_seeds,
             "items": d.n_items, "verdict": d.verdict}
 
