@@ -181,3 +181,23 @@ def run_seconds(hashes) -> float:
     """The sum of these cached runs' own wall times (`wall_seconds` in result.json: training, evaluation and
     saving), whichever invocation trained them; a run without the field counts 0."""
     return sum(float(result_of(h).get("wall_seconds") or 0) for h in hashes)
+
+
+RUN_KIND = ("method", "task", "student", "steps")
+
+
+def run_seconds_by_kind(hashes) -> list[tuple[tuple, int, float]]:
+    """Where these cached runs' own wall time went: (method, task, student, steps), the number of runs of that
+    kind and their summed `wall_seconds`, the most expensive kind first (a field a result lacks reads "?"; a
+    run trained from scratch, an SFT warm-up or a teacher, reads "sft from scratch"). What a cut in a cold
+    run's compute should aim at."""
+    kinds: dict[tuple, list] = {}
+    for h in hashes:
+        r = result_of(h)
+        kind = tuple(r.get(k, "?") for k in RUN_KIND)
+        if r.get("student_init") == "scratch":
+            kind = (f"{kind[0]} from scratch",) + kind[1:]
+        row = kinds.setdefault(kind, [0, 0.0])
+        row[0] += 1
+        row[1] += float(r.get("wall_seconds") or 0)
+    return sorted(((k, n, s) for k, (n, s) in kinds.items()), key=lambda x: (-x[2], str(x[0])))

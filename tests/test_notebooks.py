@@ -3,6 +3,7 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import cache_sharing_task_data
 
@@ -64,10 +65,14 @@ def test_notebook_executes_at_smoke_settings(path, tmp_path):
     """The smoke run: every cell of every notebook, tiny models, outputs to a temp folder."""
     out = tmp_path / "figures"
     cache = cache_sharing_task_data(tmp_path / "cache")
-    reproduce.execute(path, {"smoke": True, "seeds": [0], "out_dir": str(out)}, tmp_path / path.name,
+    params = {"smoke": True, "seeds": [0], "out_dir": str(out)}
+    extra = reproduce.EXTRA_SEEDS.get(path.stem, {}).get("smoke")  # as make smoke: 02's extra-seeds cell runs too
+    reproduce.execute(path, params | ({"extra_seeds": extra} if extra else {}), tmp_path / path.name,
                       env={"KDLIB_CACHE": str(cache)})
     produced = {p.suffix for p in out.rglob("*")}
     assert {".png", ".pdf", ".csv", ".md"} <= produced, f"{path.name} wrote {sorted(produced)}"
+    if extra:  # the headline pair compared over the main and the extra seeds
+        assert set(pd.read_csv(out / "best_baseline_seeds.csv").seeds) == {1 + len(extra)}
 
 
 def test_smoke_grids_keep_a_compared_student_size_but_warm_it_up_briefly():
@@ -196,6 +201,12 @@ def test_reproduce_gives_a_lone_notebook_every_thread_and_names_an_unknown_one(t
     reproduce.main(["--steps", "300", "--jobs", "1"])
     assert sorted((stem, p["steps"], p["out_dir"]) for stem, p in params_seen) == [
         (stem, 300, f"figures/steps-300/{stem}") for stem in ("01_gkd", "02_switch", "03_adaswitch")]
+    # notebook 02's headline pair gets seeds 5-9 there (and only there: not at the protocol's 150 steps)
+    assert {stem: p.get("extra_seeds") for stem, p in params_seen} == {
+        "01_gkd": None, "02_switch": [5, 6, 7, 8, 9], "03_adaswitch": None}
+    params_seen.clear()
+    reproduce.main(["--only", "02_switch"])
+    assert "extra_seeds" not in params_seen[0][1]
     for bad in (["--steps", "0"], ["--steps", "300", "--smoke"], ["--steps", "300", "--profile", "paper"]):
         with pytest.raises(SystemExit):
             reproduce.main(bad)
@@ -301,13 +312,15 @@ def test_reproduce_records_its_time_and_the_runs_it_trained(tmp_path, monkeypatc
     (tmp_path / "figures").mkdir()
     earlier = tmp_path / "cache" / "runs" / "earlier"  # trained by an interrupted invocation: 1 h
     earlier.mkdir(parents=True)
-    (earlier / "result.json").write_text('{"wall_seconds": 3600}')
+    (earlier / "result.json").write_text('{"wall_seconds": 3600, "method": "sft", "student_init": "scratch", '
+                                         '"task": "summ", "student": "student-s", "steps": 300}')
 
-    def fake_execute(nb, params, out, env=None):  # each notebook 'trains' a run of 18 min (00: ships one)
+    def fake_execute(nb, params, out, env=None):  # each notebook 'trains' a GKD run of 18 min (00: ships one)
         run = tmp_path / "cache" / "runs" / nb.stem
         run.mkdir(parents=True)
-        (run / "result.json").write_text('{"shipped": true, "wall_seconds": 99}' if nb.stem.startswith("00")
-                                         else '{"wall_seconds": 1080}')
+        (run / "result.json").write_text('{"shipped": true, "wall_seconds": 99}' if nb.stem.startswith("00") else
+                                         '{"wall_seconds": 1080, "method": "gkd", "task": "summ", '
+                                         '"student": "student-s", "steps": 150}')
         return 60.0
 
     monkeypatch.setattr(reproduce, "execute", fake_execute)
@@ -319,6 +332,11 @@ def test_reproduce_records_its_time_and_the_runs_it_trained(tmp_path, monkeypatc
     # the runs' own times: this invocation's (shipped excluded), and the whole cache's (the earlier run too)
     assert f"this invocation trained took {n * 0.3:.2f} h" in text
     assert f"All {n + 1} trained runs in the cache (not shipped) took {n * 0.3 + 1:.2f} h" in text
+    # by kind, the costliest first, with its share; the shipped run is no one's cost here
+    gkd = f"| gkd | summ | student-s | 150 | {n} | {n * 18:.1f} |"
+    warmup = "| sft from scratch | summ | student-s | 300 | 1 | 60.0 |"
+    assert gkd in text and warmup in text and (text.index(gkd) < text.index(warmup)) == (n * 18 > 60)
+    assert f"{n * 18 / (n * 18 + 60):.0%} |" in text and "| 99" not in text
 
 
 def test_workload_frame_says_which_minutes_were_measured_here():
