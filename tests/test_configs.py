@@ -102,3 +102,33 @@ def test_sampled_seqkd_data_is_a_new_run_and_greedy_keeps_its_key():
     del fields["sample_temperature"]
     sampled = {run_hash(RunConfig(**fields)), run_hash(RunConfig(**fields, sample_temperature=0.5))}
     assert greedy == PINNED_HASHES["seqkd"][1] and greedy not in sampled and len(sampled) == 2
+
+
+def test_a_runs_wall_time_leaves_out_the_teacher_and_warm_up_it_trains_first(tmp_path, monkeypatch, capsys):
+    """A KD run on an empty cache trains its teacher and its SFT warm-up first; each has its own result.json,
+    so the KD run's wall_seconds must not count them again (reproduce_times.md sums wall_seconds over the
+    cache). A fake clock makes every dependency take 1 000 s."""
+    import time
+
+    from kdlib import _experiments as experiments
+
+    monkeypatch.setenv("KDLIB_CACHE", str(cache_sharing_task_data(tmp_path / "cache")))
+    cfg = load_config(None, ["method=kd", *TINY])
+    offset = [0.0]
+    monkeypatch.setattr(experiments, "time", type("Clock", (), {"time": staticmethod(lambda: time.time() + offset[0])}))
+    real = experiments._train_and_score
+    trained = []
+
+    def slow_dependencies(c, d, **kw):
+        out = real(c, d, **kw)
+        trained.append(c.method if run_hash(c) == run_hash(cfg) else "dependency")
+        if run_hash(c) != run_hash(cfg):
+            offset[0] += 1000.0
+        return out
+
+    monkeypatch.setattr(experiments, "_train_and_score", slow_dependencies)
+    assert cli.main(["train", "method=kd", *TINY, "--quiet"]) == 0
+    capsys.readouterr()
+    assert trained == ["dependency", "dependency", "kd"]  # the teacher, the warm-up, then the run itself
+    result = json.loads((tmp_path / "cache" / "runs" / run_hash(cfg) / "result.json").read_text())
+    assert 0 < result["wall_seconds"] < 1000
