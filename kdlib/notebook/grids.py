@@ -11,6 +11,7 @@ from kdlib import _usertask as usertask
 from kdlib._config import RunConfig
 from kdlib._names import EMBEDDED_SIZES, TASK_SPLITS
 from kdlib._recipes import SFT_INIT_STEPS_TINY
+from kdlib._rows import task_metric
 
 # Smallest settings: every cell runs, in seconds, on tiny models (used by `make smoke` / the tests). A grid
 # whose axis names an embedded student size keeps that size, but its SFT warm-up is as short as tiny's
@@ -91,3 +92,16 @@ def pair_defaults(teacher: str, student: str) -> dict:
     if teacher in EMBEDDED_SIZES and student in EMBEDDED_SIZES:
         return {"lr": 1e-3, "batch_size": 32}
     return {"lr": 5e-5, "batch_size": 8}
+
+
+METRIC_NAMES = {"rougeL": "ROUGE-L", "accuracy": "accuracy", "exact": "exact match"}
+
+
+def caption(base: dict | RunConfig) -> str:
+    """The line a notebook writes under each of its figures (`plots.style(caption=...)`): the task and its
+    metric, the student and the distillation steps of `base` (a `protocol` dict or a config), so that a figure
+    shown alone, on a slide, still says what it measured; the figure's title gives the seeds."""
+    cfg = base if isinstance(base, RunConfig) else grid(base)[0]
+    metric = task_metric(cfg)
+    return (f"task {cfg.task_name}, metric {METRIC_NAMES.get(metric, metric)}; student {cfg.student}; "
+            f"{cfg.steps} distillation steps per run")

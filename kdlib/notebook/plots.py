@@ -11,18 +11,31 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from kdlib._config import RunConfig
 
+_CAPTION = {"text": ""}  # the line save_figure writes under each figure (style's caption)
 
-def style() -> None:
+
+def style(caption: str = "") -> None:
+    """The notebooks' figure style. `caption` (e.g. `kdlib.notebook.caption(base)`: task, metric, student,
+    steps) is written under every figure `save_figure` saves from then on; "" writes none."""
     sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
     plt.rcParams.update({"figure.dpi": 110, "savefig.bbox": "tight", "figure.figsize": (6, 3.6)})
+    _CAPTION["text"] = caption
 
 
 def save_figure(fig: Figure, out_dir: str | Path, name: str) -> Path:
+    """`fig` as `<name>.png` and `<name>.pdf` (no creation date: the same figure gives the same PDF) under
+    `out_dir`, with style's caption under it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if _CAPTION["text"] and not any(t.get_gid() == "kdlib-caption" for t in fig.texts):
+        fig.canvas.draw()  # lays the figure out: the caption goes under its lowest label
+        below = fig.get_tightbbox(fig.canvas.get_renderer())  # inches
+        fig.text((below.x0 + 0.05) / fig.get_figwidth(), (below.y0 - 0.05) / fig.get_figheight(), _CAPTION["text"],
+                 ha="left", va="top", fontsize="small", color="0.35", gid="kdlib-caption")
     for ext in ("png", "pdf"):
         fig.savefig(out / f"{name}.{ext}", metadata=None if ext == "png" else {"CreationDate": None})
     return out / f"{name}.png"
@@ -114,12 +127,29 @@ def differences(table: pd.DataFrame, *, title: str = "", label: str = "paired di
             ax.errorbar(r["difference"], yi, xerr=[[r["difference"] - r["ci_low"]], [r["ci_high"] - r["difference"]]],
                         fmt="o", color=colors.get(r["verdict"], "0.2"), capsize=3)
         ax.axvline(0, color="0.3", lw=0.8, ls="--")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # few ticks: "−0.0075" labels must not run together
         ax.set(title=panel, xlabel=label)
         ax.set_yticks(list(y), rows)
         ax.set_ylim(len(rows) - 0.5, -0.5)  # the first comparison on top, half a row of margin
     if title:
-        fig.suptitle(title, y=1 + 0.35 / height)  # above the panel titles, whatever the height
+        # above the panel titles, whatever the height
+        fig.suptitle(title + _sample_size(table, title), y=1 + 0.35 / height)
     return fig
+
+
+def _sample_size(table: pd.DataFrame, title: str) -> str:
+    """" (5 seeds × 1 000 items)" from a paired table's seeds and items columns, for a title that does not
+    give its seeds itself; a range where the rows differ."""
+    if "seed" in title or "seeds" not in table or table["seeds"].isna().all():
+        return ""
+
+    def span(col: str) -> str:
+        values = table[col].dropna().astype(int)
+        lo, hi = f"{values.min():,}".replace(",", " "), f"{values.max():,}".replace(",", " ")
+        return lo if lo == hi else f"{lo}–{hi}"
+
+    items = f" × {span('items')} items" if "items" in table and table["items"].notna().any() else ""
+    return f" ({span('seeds')} seeds{items})"
 
 
 def reference_lines(ax: Axes, references: dict, *, styles: Sequence[str] = ("--", ":"),

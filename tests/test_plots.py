@@ -1,0 +1,76 @@
+"""The notebooks' figure helpers: readable difference plots (ticks that do not run together, the sample size
+in the title) and the caption naming task, metric, student and steps under every saved figure."""
+import matplotlib
+
+matplotlib.use("Agg")
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from kdlib import notebook as knb  # noqa: E402
+from kdlib.notebook import plots  # noqa: E402
+
+
+def small_differences() -> pd.DataFrame:
+    """Differences of a few thousandths, as the 300-step schedule ablation's (whose sampled panel's tick
+    labels once ran together: "−0.0075−0.0050−0.0025")."""
+    rows = [("greedy", "linear", -0.001, -0.006, 0.003), ("greedy", "constant", 0.001, -0.002, 0.005),
+            ("sampled T=1", "linear", -0.001, -0.009, 0.006), ("sampled T=1", "constant", -0.001, -0.008, 0.006)]
+    return pd.DataFrame([{"eval": "test", "decoding": d, "better": "exp", "worse": w, "difference": m, "ci_low": lo,
+                          "ci_high": hi, "seeds": 2, "items": 1000, "verdict": "not separated"}
+                         for d, w, m, lo, hi in rows])
+
+
+@pytest.fixture(autouse=True)
+def no_caption():
+    plots.style()
+    yield
+    plots.style()
+
+
+def test_difference_ticks_do_not_overlap():
+    fig = plots.differences(small_differences(), title="summ: exponential minus the other schedules")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+        assert 2 <= len(boxes) <= 6
+        boxes.sort(key=lambda b: b.x0)
+        for left, right in zip(boxes, boxes[1:]):
+            assert left.x1 < right.x0, [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_difference_title_gives_the_sample_size_unless_it_names_the_seeds():
+    fig = plots.differences(small_differences(), title="summ: exponential minus the others")
+    assert fig._suptitle.get_text() == "summ: exponential minus the others (2 seeds × 1 000 items)"
+    mixed = small_differences().assign(seeds=[2, 2, 5, 5])
+    assert plots.differences(mixed, title="t")._suptitle.get_text() == "t (2–5 seeds × 1 000 items)"
+    assert plots.differences(small_differences(), title="t; 2 seeds")._suptitle.get_text() == "t; 2 seeds"
+
+
+def test_saved_figures_carry_the_caption_once(tmp_path):
+    plots.style(caption=knb.caption(knb.protocol("summ", steps=300, student="student-s")))
+    fig = plots.differences(small_differences(), title="t")
+    plots.save_figure(fig, tmp_path, "a")
+    plots.save_figure(fig, tmp_path, "a")  # saved again: still one caption
+    captions = [t.get_text() for t in fig.texts if t.get_gid() == "kdlib-caption"]
+    assert captions == ["task summ, metric ROUGE-L; student student-s; 300 distillation steps per run"]
+    assert (tmp_path / "a.png").stat().st_size > 0 and (tmp_path / "a.pdf").stat().st_size > 0
+    plots.style()
+    other = plots.differences(small_differences(), title="t")
+    plots.save_figure(other, tmp_path, "b")
+    assert not [t for t in other.texts if t.get_gid() == "kdlib-caption"]
+
+
+def test_caption_names_each_tasks_metric():
+    assert "metric accuracy" in knb.caption(knb.protocol("arith", steps=150, student="student-s"))
+    assert "150 distillation steps" in knb.caption(knb.protocol("arith", steps=150, student="student-s"))
+
+
+def test_the_caption_sits_below_every_axis_label(tmp_path):
+    plots.style(caption="task summ, metric ROUGE-L; student student-s; 300 distillation steps per run")
+    fig = plots.differences(small_differences(), title="t")
+    plots.save_figure(fig, tmp_path, "a")
+    renderer = fig.canvas.get_renderer()
+    caption = next(t for t in fig.texts if t.get_gid() == "kdlib-caption").get_window_extent(renderer)
+    for ax in fig.axes:
+        assert caption.y1 <= ax.xaxis.label.get_window_extent(renderer).y0
