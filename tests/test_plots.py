@@ -74,3 +74,17 @@ def test_the_caption_sits_below_every_axis_label(tmp_path):
     caption = next(t for t in fig.texts if t.get_gid() == "kdlib-caption").get_window_extent(renderer)
     for ax in fig.axes:
         assert caption.y1 <= ax.xaxis.label.get_window_extent(renderer).y0
+
+
+def test_setting_heatmaps_pair_a_column_within_each_seed():
+    """Two seeds 0.3 apart, one setting 0.01 better in both: the paired panel shows +0.005 / −0.005 with sd
+    0 (the setting's effect), the raw panel the seeds' spread."""
+    rows = [{"seed": s, "k": k, "window": 4, "score": base + (0.01 if k == 10.0 else 0.0), "rate": 0.5}
+            for s, base in ((0, 0.3), (1, 0.6)) for k in (5.0, 10.0)]
+    fig = plots.setting_heatmaps(pd.DataFrame(rows), "k", "window", {"score": "accuracy", "rate": "teacher"},
+                                 paired=["score"], title="arith: ")
+    paired, raw = fig.axes[:2]  # then the colour bars' axes
+    assert [t.get_text() for t in paired.texts] == ["-0.005\n± 0.000", "+0.005\n± 0.000"]
+    assert [t.get_text() for t in paired.get_yticklabels()] == ["5", "10"]
+    assert paired.get_title() == "arith: accuracy − the seed's grid mean (mean ± sd, 2 seeds)"
+    assert [t.get_text() for t in raw.texts] == ["0.500\n± 0.000", "0.500\n± 0.000"]

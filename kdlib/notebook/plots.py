@@ -137,6 +137,28 @@ def differences(table: pd.DataFrame, *, title: str = "", label: str = "paired di
     return fig
 
 
+def setting_heatmaps(df: pd.DataFrame, index: str, columns: str, values: dict, *, paired: Sequence[str] = (),
+                     by: str = "seed", title: str = "") -> Figure:
+    """One heatmap per entry of `values` ({column: label}) over a two-setting grid (`index` × `columns`, e.g.
+    AdaSwitch's k × window), each cell annotated with its mean ± sd over `by` (the seeds). A column in
+    `paired` is drawn as each run's value minus its own seed's mean over the grid (a diverging map centred
+    on 0): when the seeds' warm-ups differ more than the settings do, raw means colour the seeds' noise."""
+    fig, axes = plt.subplots(1, len(values), figsize=(5 * len(values), 3.6), layout="constrained", squeeze=False)
+    for ax, (value, label) in zip(axes[0], values.items()):
+        centred = value in paired
+        v = df[value] - df.groupby(by)[value].transform("mean") if centred else df[value]
+        label = f"{label} − the {by}'s grid mean" if centred else label
+        cell = df.assign(_v=v).groupby([index, columns])["_v"]
+        mean, sd = cell.mean().unstack(), cell.std().unstack()  # each cell: mean and spread over `by`
+        annot = mean.map(("{:+.3f}" if centred else "{:.3f}").format) + "\n± " + sd.map("{:.3f}".format)
+        sns.heatmap(mean, annot=annot, fmt="", cmap="RdBu" if centred else "viridis", center=0 if centred else None,
+                    ax=ax, cbar_kws={"label": label})
+        ax.set_yticks([i + 0.5 for i in range(len(mean.index))], [f"{k:g}" if isinstance(k, float) else str(k)
+                                                                   for k in mean.index])  # 5, not 5.0
+        ax.set(title=f"{title}{label} (mean ± sd, {df[by].nunique()} {by}s)")
+    return fig
+
+
 def _sample_size(table: pd.DataFrame, title: str) -> str:
     """" (5 seeds × 1 000 items)" from a paired table's seeds and items columns, for a title that does not
     give its seeds itself; a range where the rows differ."""
