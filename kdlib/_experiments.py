@@ -214,7 +214,8 @@ def _rescore(cfg: RunConfig, d: Path, tok, device, dtype, progress: bool) -> dic
 
 
 def _run_dependencies(cfg: RunConfig, progress: bool, teacher_cfg) -> None:
-    """Train (or find cached) the runs `cfg` starts from: its embedded teacher and its SFT warm-up. Run before
+    """Train (or find cached) the runs `cfg` starts from: its teacher (an embedded size, or a named model that
+    `teacher_steps` fine-tunes; a named model as it is needs no run) and its SFT warm-up. Run before
     `cfg`'s clock starts, so a run's `wall_seconds` never counts a warm-up or a teacher it happened to train
     first (summed over a cache, as figures/reproduce_times.md does, they would count twice)."""
     if uses_teacher(cfg):

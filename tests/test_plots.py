@@ -61,6 +61,31 @@ def test_saved_figures_carry_the_caption_once(tmp_path):
     assert not [t for t in other.texts if t.get_gid() == "kdlib-caption"]
 
 
+def test_caption_says_what_the_runs_were():
+    base = knb.protocol("summ", steps=150, student="student-s")
+    assert knb.caption(base, smoke=True).endswith("student tiny; 3 distillation steps per run")  # as the grids ran
+    without = {k: v for k, v in base.items() if k != "student"}  # a notebook comparing students names none
+    assert knb.caption(without) == "task summ, metric ROUGE-L; 150 distillation steps per run"
+    assert knb.caption(base, tasks=["arith", "summ"]).startswith("tasks arith, summ; student student-s;")
+
+
+def test_a_figure_can_take_its_own_caption(tmp_path):
+    plots.style(caption="the notebook's")
+    fig = plots.differences(small_differences(), title="t")
+    plots.save_figure(fig, tmp_path, "a", caption="this figure's")
+    assert [t.get_text() for t in fig.texts if t.get_gid() == "kdlib-caption"] == ["this figure's"]
+
+
+def test_reference_lines_draw_a_legend_only_when_there_are_lines():
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2)
+    plots.reference_lines(a, {"teacher": 0.9, "warm-up student": 0.6}, legend=True)
+    plots.reference_lines(b, {}, legend=True)
+    assert [t.get_text() for t in a.get_legend().get_texts()] == ["teacher 0.900", "warm-up student 0.600"]
+    assert b.get_legend() is None
+
+
 def test_caption_names_each_tasks_metric():
     assert "metric accuracy" in knb.caption(knb.protocol("arith", steps=150, student="student-s"))
     assert "150 distillation steps" in knb.caption(knb.protocol("arith", steps=150, student="student-s"))
@@ -79,7 +104,7 @@ def test_the_caption_sits_below_every_axis_label(tmp_path):
 def test_setting_heatmaps_pair_a_column_within_each_seed():
     """Two seeds 0.3 apart, one setting 0.01 better in both: the paired panel shows +0.005 / −0.005 with sd
     0 (the setting's effect), the raw panel the seeds' spread."""
-    rows = [{"seed": s, "k": k, "window": 4, "score": base + (0.01 if k == 10.0 else 0.0), "rate": 0.5}
+    rows = [{"seed": s, "k": k, "window": 4, "score": base + (0.01 if k == 10.0 else 0.0), "rate": base}
             for s, base in ((0, 0.3), (1, 0.6)) for k in (5.0, 10.0)]
     fig = plots.setting_heatmaps(pd.DataFrame(rows), "k", "window", {"score": "accuracy", "rate": "teacher"},
                                  paired=["score"], title="arith: ")
@@ -87,4 +112,6 @@ def test_setting_heatmaps_pair_a_column_within_each_seed():
     assert [t.get_text() for t in paired.texts] == ["-0.005\n± 0.000", "+0.005\n± 0.000"]
     assert [t.get_text() for t in paired.get_yticklabels()] == ["5", "10"]
     assert paired.get_title() == "arith: accuracy − the seed's grid mean (mean ± sd, 2 seeds)"
-    assert [t.get_text() for t in raw.texts] == ["0.500\n± 0.000", "0.500\n± 0.000"]
+    assert [t.get_text() for t in raw.texts] == ["0.450\n± 0.212", "0.450\n± 0.212"]  # the seeds' spread
+    one_seed = plots.setting_heatmaps(pd.DataFrame(rows[:2]), "k", "window", {"score": "accuracy"}, paired=["score"])
+    assert [t.get_text() for t in one_seed.axes[0].texts] == ["-0.005", "+0.005"]  # no "± nan"

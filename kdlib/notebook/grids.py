@@ -97,11 +97,16 @@ def pair_defaults(teacher: str, student: str) -> dict:
 METRIC_NAMES = {"rougeL": "ROUGE-L", "accuracy": "accuracy", "exact": "exact match"}
 
 
-def caption(base: dict | RunConfig) -> str:
+def caption(base: dict | RunConfig, smoke: bool = False, tasks: Sequence[str] = ()) -> str:
     """The line a notebook writes under each of its figures (`plots.style(caption=...)`): the task and its
-    metric, the student and the distillation steps of `base` (a `protocol` dict or a config), so that a figure
-    shown alone, on a slide, still says what it measured; the figure's title gives the seeds."""
-    cfg = base if isinstance(base, RunConfig) else grid(base)[0]
+    metric, the student and the distillation steps of `base` (a `protocol` dict or a config; `smoke` as the
+    notebook's grids apply it), so that a figure shown alone, on a slide, still says what it measured; the
+    figure's title gives the seeds. A dict without "student" (a notebook whose figures compare students)
+    leaves the student out; a student given as a folder is named by the folder. `tasks`: a figure that
+    compares tasks (each with its metric) names them instead of one task and metric."""
+    cfg = base if isinstance(base, RunConfig) else grid(base, smoke)[0]
     metric = task_metric(cfg)
-    return (f"task {cfg.task_name}, metric {METRIC_NAMES.get(metric, metric)}; student {cfg.student}; "
-            f"{cfg.steps} distillation steps per run")
+    named = isinstance(base, RunConfig) or "student" in base
+    student = f"student {Path(cfg.student).name}; " if named else ""
+    what = f"tasks {', '.join(tasks)}" if tasks else f"task {cfg.task_name}, metric {METRIC_NAMES.get(metric, metric)}"
+    return f"{what}; {student}{cfg.steps} distillation steps per run"

@@ -26,15 +26,17 @@ def style(caption: str = "") -> None:
     _CAPTION["text"] = caption
 
 
-def save_figure(fig: Figure, out_dir: str | Path, name: str) -> Path:
+def save_figure(fig: Figure, out_dir: str | Path, name: str, caption: str | None = None) -> Path:
     """`fig` as `<name>.png` and `<name>.pdf` (no creation date: the same figure gives the same PDF) under
-    `out_dir`, with style's caption under it."""
+    `out_dir`, with a caption under it: `caption`, or by default style's ("" for none). A figure saved twice
+    keeps the caption it was first saved with."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if _CAPTION["text"] and not any(t.get_gid() == "kdlib-caption" for t in fig.texts):
+    text = _CAPTION["text"] if caption is None else caption
+    if text and not any(t.get_gid() == "kdlib-caption" for t in fig.texts):
         fig.canvas.draw()  # lays the figure out: the caption goes under its lowest label
         below = fig.get_tightbbox(fig.canvas.get_renderer())  # inches
-        fig.text((below.x0 + 0.05) / fig.get_figwidth(), (below.y0 - 0.05) / fig.get_figheight(), _CAPTION["text"],
+        fig.text((below.x0 + 0.05) / fig.get_figwidth(), (below.y0 - 0.05) / fig.get_figheight(), text,
                  ha="left", va="top", fontsize="small", color="0.35", gid="kdlib-caption")
     for ext in ("png", "pdf"):
         fig.savefig(out / f"{name}.{ext}", metadata=None if ext == "png" else {"CreationDate": None})
@@ -142,7 +144,8 @@ def setting_heatmaps(df: pd.DataFrame, index: str, columns: str, values: dict, *
     """One heatmap per entry of `values` ({column: label}) over a two-setting grid (`index` × `columns`, e.g.
     AdaSwitch's k × window), each cell annotated with its mean ± sd over `by` (the seeds). A column in
     `paired` is drawn as each run's value minus its own seed's mean over the grid (a diverging map centred
-    on 0): when the seeds' warm-ups differ more than the settings do, raw means colour the seeds' noise."""
+    on 0): when the seeds' warm-ups differ more than the settings do, raw means colour the seeds' noise.
+    Centring assumes every seed ran every setting (a seed missing one would shift its other cells)."""
     fig, axes = plt.subplots(1, len(values), figsize=(5 * len(values), 3.6), layout="constrained", squeeze=False)
     for ax, (value, label) in zip(axes[0], values.items()):
         centred = value in paired
@@ -150,7 +153,9 @@ def setting_heatmaps(df: pd.DataFrame, index: str, columns: str, values: dict, *
         label = f"{label} − the {by}'s grid mean" if centred else label
         cell = df.assign(_v=v).groupby([index, columns])["_v"]
         mean, sd = cell.mean().unstack(), cell.std().unstack()  # each cell: mean and spread over `by`
-        annot = mean.map(("{:+.3f}" if centred else "{:.3f}").format) + "\n± " + sd.map("{:.3f}".format)
+        annot = mean.map(("{:+.3f}" if centred else "{:.3f}").format)
+        if df[by].nunique() > 1:  # one seed has no spread to show
+            annot = annot + "\n± " + sd.map("{:.3f}".format)
         sns.heatmap(mean, annot=annot, fmt="", cmap="RdBu" if centred else "viridis", center=0 if centred else None,
                     ax=ax, cbar_kws={"label": label})
         ax.set_yticks([i + 0.5 for i in range(len(mean.index))], [f"{k:g}" if isinstance(k, float) else str(k)
@@ -162,7 +167,7 @@ def setting_heatmaps(df: pd.DataFrame, index: str, columns: str, values: dict, *
 def _sample_size(table: pd.DataFrame, title: str) -> str:
     """" (5 seeds × 1 000 items)" from a paired table's seeds and items columns, for a title that does not
     give its seeds itself; a range where the rows differ."""
-    if "seed" in title or "seeds" not in table or table["seeds"].isna().all():
+    if "seed" in title.lower() or "seeds" not in table or table["seeds"].isna().all():
         return ""
 
     def span(col: str) -> str:
@@ -175,8 +180,11 @@ def _sample_size(table: pd.DataFrame, title: str) -> str:
 
 
 def reference_lines(ax: Axes, references: dict, *, styles: Sequence[str] = ("--", ":"),
-                    fmt: str = "{name} {value:.3f}") -> None:
+                    fmt: str = "{name} {value:.3f}", legend: bool = False) -> None:
     """A horizontal line per reference score (e.g. the teacher's and the warm-up student's, from
-    `kdlib.notebook.measure.reference_scores`), each labelled with its name and value for the legend."""
+    `kdlib.notebook.measure.reference_scores`), each labelled with its name and value for the legend;
+    `legend`: draw the axes' legend beside them, right of the panel (none when `references` is empty)."""
     for (name, value), style in zip(references.items(), styles):
         ax.axhline(value, color="0.35", ls=style, lw=1, label=fmt.format(name=name, value=value))
+    if legend and references:
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
