@@ -115,3 +115,14 @@ def test_setting_heatmaps_pair_a_column_within_each_seed():
     assert [t.get_text() for t in raw.texts] == ["0.450\n± 0.212", "0.450\n± 0.212"]  # the seeds' spread
     one_seed = plots.setting_heatmaps(pd.DataFrame(rows[:2]), "k", "window", {"score": "accuracy"}, paired=["score"])
     assert [t.get_text() for t in one_seed.axes[0].texts] == ["-0.005", "+0.005"]  # no "± nan"
+
+
+def test_reference_points_mark_and_name_each_point():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    refs = pd.DataFrame([{"model": "teacher", "temperature": 1.0, "score": 0.9, "self_bleu": 40.0},
+                         {"model": "warm-up student", "temperature": 0.5, "score": 0.6, "self_bleu": 70.0}])
+    plots.reference_points(ax, refs, "self_bleu", "score", label="{model}, T = {temperature:g}")
+    assert [t.get_text() for t in ax.texts] == ["teacher, T = 1", "warm-up student, T = 0.5"]
+    assert [tuple(p) for p in ax.collections[0].get_offsets()] == [(40.0, 0.9), (70.0, 0.6)]

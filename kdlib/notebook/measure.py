@@ -74,6 +74,19 @@ def quality_diversity_frame(configs: list[RunConfig], temperatures: Sequence[flo
     return pd.DataFrame(points)
 
 
+def quality_diversity_references(configs: list[RunConfig], temperatures: Sequence[float], *, n_rows: int,
+                                 n_samples: int = 4) -> pd.DataFrame:
+    """The reference points of a quality-diversity plot (`quality_diversity_frame`): the teacher's and the
+    warmed-up student's samples at each temperature, on the same prompts, the warm-up averaged over the
+    configs' seeds; one row per (model, temperature) with "model", "temperature", "score", "self_bleu"."""
+    teacher = quality_diversity_frame([teacher_config(configs[0])], temperatures, n_rows=n_rows, n_samples=n_samples)
+    warm = quality_diversity_frame([sft_init_recipe(c) for c in {c.seed: c for c in configs}.values()], temperatures,
+                                   n_rows=n_rows, n_samples=n_samples)
+    parts = [teacher.assign(model="teacher"), warm.assign(model="warm-up student")]
+    return (pd.concat(parts).groupby(["model", "temperature"], sort=False)[["score", "self_bleu"]].mean()
+            .reset_index())
+
+
 def reference_scores(configs: list[RunConfig], score: str = "score") -> dict:
     """The lines a score plot needs: the teacher's score and the warmed-up student's mean over the configs'
     seeds (both read from the cache, trained if missing), on the first evaluation set."""

@@ -164,6 +164,18 @@ def setting_heatmaps(df: pd.DataFrame, index: str, columns: str, values: dict, *
     return fig
 
 
+def reference_points(ax: Axes, points: pd.DataFrame, x: str, y: str, *, label: str = "{model}") -> None:
+    """Grey crosses at `points`' (`x`, `y`), each annotated with `label` formatted by its row: the teacher's
+    and the warm-up student's places on a plot whose axes are not a single score (e.g.
+    `measure.quality_diversity_references` on GKD Fig. 4's quality against diversity)."""
+    ax.scatter(points[x], points[y], marker="P", color="0.35", s=50, zorder=3)  # not a marker seaborn's styles use
+    middle = sum(ax.get_xlim()) / 2
+    for row in points.to_dict("records"):
+        right = row[x] > middle  # a label right of the middle goes left of its point, inside the axes
+        ax.annotate(label.format(**row), (row[x], row[y]), xytext=(-5 if right else 5, 3), textcoords="offset points",
+                    ha="right" if right else "left", fontsize="small", color="0.35")
+
+
 def _sample_size(table: pd.DataFrame, title: str) -> str:
     """" (5 seeds × 1 000 items)" from a paired table's seeds and items columns, for a title that does not
     give its seeds itself; a range where the rows differ."""
