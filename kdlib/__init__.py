@@ -7,7 +7,7 @@ The public API (documented with runnable examples in docs/api.md). Names load on
     divergences   per_token_loss, reduce_loss, masked_sum, forward_kl, reverse_kl, jsd, tvd,
                   skew_forward_kl, skew_reverse_kl, DIVERGENCES, sequence_loss_sum
     runs          RunConfig, load_config, run, run_hash, trained_model, load_run, export_run
-    data          encode_prompts, encode_batch, load_jsonl
+    data          encode_prompts, encode_batch, load_jsonl, position_ids, check_same_tokenizer
 
 Two namespaces are public too: `kdlib.notebook` (the notebooks' toolkit) and `kdlib.integrations.trl`
 (kdlib[trl]). The `_`-prefixed modules are internal and may change between releases.
@@ -19,7 +19,7 @@ from kdlib._lazy import lazy_attributes
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "build_sampler": "kdlib._samplers", "SAMPLER_DEFAULTS": "kdlib._samplers", "Rollout": "kdlib._samplers",
+    "build_sampler": "kdlib._samplers", "SAMPLER_DEFAULTS": "kdlib._names", "Rollout": "kdlib._samplers",
     "Sampler": "kdlib._samplers",
     "per_token_loss": "kdlib._divergences", "reduce_loss": "kdlib._divergences", "masked_sum": "kdlib._divergences",
     "forward_kl": "kdlib._divergences", "reverse_kl": "kdlib._divergences", "jsd": "kdlib._divergences",
@@ -29,6 +29,7 @@ _PUBLIC = {
     "run": "kdlib._experiments", "trained_model": "kdlib._experiments", "load_run": "kdlib._experiments",
     "export_run": "kdlib._experiments", "run_hash": "kdlib._runcache",
     "encode_prompts": "kdlib._data", "encode_batch": "kdlib._data", "load_jsonl": "kdlib._data",
+    "position_ids": "kdlib._data", "check_same_tokenizer": "kdlib._models",
 }
 __all__ = sorted(_PUBLIC) + ["__version__"]
 

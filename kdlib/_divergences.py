@@ -27,6 +27,8 @@ No τ² factor is applied to the loss: the temperature only reshapes both distri
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from typing import Callable, NamedTuple
 
@@ -174,17 +176,30 @@ def _rule(name: str) -> _Rule:
 # --------------------------------------------------------------------------------------------------------
 # Chunked evaluation with a closed-form backward.
 
-_warned_widths: set = set()  # (student V, teacher V) pairs already reported, so the warning fires once
+_warned_widths: set = set()  # (student V, teacher V, where) already reported, so the warning fires once
 
 
-def _warn_width_once(vs: int, vt: int) -> None:
-    if (vs, vt) not in _warned_widths:
-        _warned_widths.add((vs, vt))
+def _warn_width_once(vs: int, vt: int, where: str = "divergences") -> None:
+    """One warning per process and width pair, pointing at the first caller outside kdlib."""
+    if (vs, vt, where) not in _warned_widths:
+        _warned_widths.add((vs, vt, where))
         warnings.warn(
-            f"kdlib divergences: student logits have width {vs} and teacher logits {vt}; comparing on the "
-            f"shared id prefix [0, {min(vs, vt)}) (same tokenizer family assumed)",
-            stacklevel=4,
+            f"kdlib {where}: student logits have width {vs} and teacher logits {vt}; comparing on the "
+            f"shared id prefix [0, {min(vs, vt)}) (same tokenizer family assumed: the logits cannot tell; "
+            "kdlib.check_same_tokenizer(teacher_tokenizer, student_tokenizer) can)",
+            stacklevel=_stacklevel_outside_kdlib(),
         )
+
+
+_KDLIB_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _stacklevel_outside_kdlib() -> int:
+    """`warnings.warn`'s stacklevel, called from the function that warns: the first frame outside kdlib."""
+    frame, level = sys._getframe(2), 2  # 1 = the function that calls warnings.warn
+    while frame is not None and frame.f_code.co_filename.startswith(_KDLIB_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 _warned_teacher_grad = False

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from kdlib._env import env_flag
 from kdlib._names import EMBEDDED_SIZES, ModelSize  # noqa: F401 - part of this module's API
@@ -139,7 +146,7 @@ def load_tokenizer(path_or_name: str, **kwargs):
     return tok
 
 
-def check_same_tokenizer(teacher_tok, student_tok) -> None:
+def check_same_tokenizer(teacher_tok: PreTrainedTokenizerBase, student_tok: PreTrainedTokenizerBase) -> None:
     """Refuse a pair whose tokenizers or chat templates differ: the teacher signal would be biased."""
     t_vocab, s_vocab = teacher_tok.get_vocab(), student_tok.get_vocab()
     shared = min(len(t_vocab), len(s_vocab))

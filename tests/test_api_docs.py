@@ -22,6 +22,8 @@ def test_every_block_of_the_api_page_runs(tmp_path, monkeypatch, capsys):
     assert rollout.response_mask.any() and result["resolved_sampler"] == "student"
     assert (namespace["folder"] / "config.json").exists() and (namespace["folder"] / "tokenizer.json").exists()
     assert namespace["loss"].item() > 0
+    # the AdaSwitch examples switch (a window as long as the responses never could)
+    assert rollout.from_teacher.any() and namespace["trainer"].kd_last_rollout.from_teacher.any()
 
 
 def test_the_public_names_are_exported_and_nothing_else_is_promised():
@@ -56,7 +58,7 @@ def test_import_kdlib_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, kdlib; kdlib.RunConfig; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, kdlib; kdlib.RunConfig, kdlib.SAMPLER_DEFAULTS; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
     # a paper-profile config and its dataset check (what the CLI runs before reporting a config error) too
     code = ("import sys; from kdlib import _paper as paper; from kdlib._config import RunConfig\n"

@@ -372,7 +372,8 @@ def test_wider_teacher_vocabulary_uses_the_shared_prefix(pair, block, monkeypatc
     student, _ = pair
     monkeypatch.setattr(D, "_warned_widths", set())  # the width warning fires once a process
     wide = tiny_llama(1, vocab=V + 8)  # same family, 8 extra ids (like Qwen2.5 152064 vs 151936)
-    r = run("switch", student, wide, seed=0, keep=True, tau0=0.3, decay=0.04, block=block)
+    with pytest.warns(UserWarning, match="kdlib samplers: student logits have width"):
+        r = run("switch", student, wide, seed=0, keep=True, tau0=0.3, decay=0.04, block=block)
     resp, teacher_mask, tokens = response(r)
     assert (tokens < V).all() and r.teacher_logits.shape[-1] == V + 8
     with pytest.warns(UserWarning):
@@ -380,6 +381,34 @@ def test_wider_teacher_vocabulary_uses_the_shared_prefix(pair, block, monkeypatc
     tau = 0.3 * torch.exp(-0.04 * torch.arange(d.shape[1]))
     clear = resp & ((d - tau).abs() > MARGIN)
     assert (teacher_mask[clear] == (d > tau)[clear]).all()
+
+
+@pytest.mark.parametrize("name", ["teacher", "student"])
+def test_a_model_that_does_not_run_still_bounds_the_ids_drawn(pair, name, monkeypatch):
+    """The teacher sampler never runs the student, nor the on-policy one the teacher: a wider model must still
+    not write ids the other cannot read (the student's embedding would fail on them later)."""
+    monkeypatch.setattr(D, "_warned_widths", set())
+    student, teacher = pair
+    wide = tiny_llama(1, vocab=V + 8)
+    for s, t in ((student, wide), (wide, teacher)):  # a wider teacher, then a wider student
+        with pytest.warns(UserWarning, match=f"width {s.config.vocab_size} and teacher logits "
+                                             f"{t.config.vocab_size}") as caught:
+            r = run(name, s, t, seed=0, max_new_tokens=32)
+        assert caught[0].filename == __file__  # the warning names the caller's line, not kdlib's
+        _, _, tokens = response(r)
+        assert (tokens < V).all()
+    # without the other model (evaluation) the student draws over its own full width
+    r = run("student", wide, None, seed=0, max_new_tokens=32)
+    assert r.input_ids.max() < V + 8
+
+
+def test_adaswitch_warns_when_its_window_leaves_no_room_to_switch(pair):
+    student, teacher = pair
+    with pytest.warns(UserWarning, match="max_new_tokens=4 <= window=4: a row can switch only") as caught:
+        r = run("adaswitch", student, teacher, seed=0, max_new_tokens=4, k=0.0, window=4)
+    assert caught[0].filename == __file__ and not r.from_teacher.any()  # k = 0 would fire at the first chance
+    r = run("adaswitch", student, teacher, seed=0, max_new_tokens=5, k=0.0, window=4)  # no warning: room for one
+    assert r.from_teacher[:, r.prompt_length + 4].all()
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -181,6 +181,9 @@ class Sampler:
         the rows whose position t is real: a rule with state must advance only those."""
         raise NotImplementedError
 
+    def check_length(self, max_new_tokens: int) -> None:
+        """Warn when the rule cannot act within `max_new_tokens` (AdaSwitch's window); the default: nothing."""
+
     def student_rows(self, state: object) -> Optional[Tensor]:
         """(B,) bool: the rows that may still get a student token; the decoders drop the others (and ended
         rows with them) from the student's batch. None, the default: every row, always."""
@@ -202,6 +205,7 @@ class Sampler:
         sampling and restored."""
         _check_inputs(self, student, teacher, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p,
                       top_k)
+        self.check_length(max_new_tokens)
         eos_token_id, pad_token_id = _special_ids(student if self.uses_student else teacher, eos_token_id,
                                                   pad_token_id)
         kw = dict(max_new_tokens=max_new_tokens, eos=eos_token_id, pad=pad_token_id,
@@ -215,6 +219,33 @@ class Sampler:
     def __repr__(self):
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({params})"
+
+
+def _vocab_width(model) -> Optional[int]:
+    """The width of a model's logits without running it: its output embedding's rows, else config.vocab_size."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    width = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(width) if width else None
+
+
+def _shared_width(student, teacher, s: Optional[_CachedModel], t_model: Optional[_CachedModel]) -> int:
+    """The shared id prefix every draw and decision uses: the narrower of the two models' logits, counting
+    a model that is passed but does not run (the teacher sampler's student, an on-policy rollout's teacher),
+    so no token is drawn that the other model cannot read. One warning per width pair when they differ."""
+    widths = {}
+    for role, model, cached in (("student", student, s), ("teacher", teacher, t_model)):
+        if cached is not None:
+            widths[role] = cached.logits.shape[-1]
+        elif model is not None and _vocab_width(model) is not None:
+            widths[role] = _vocab_width(model)
+    if len(widths) == 2 and widths["student"] != widths["teacher"]:
+        from kdlib._divergences import _warn_width_once
+
+        _warn_width_once(widths["student"], widths["teacher"], where="samplers")
+    return min(widths.values())
 
 
 def _special_ids(model, eos, pad):
@@ -292,7 +323,7 @@ def _decode(policy: Sampler, student, teacher, prompt_ids, prompt_mask, *, max_n
     t_logits_buf = None
     if keep_teacher_logits and t_model is not None:
         t_logits_buf = t_model.logits.new_empty((B, N, t_model.logits.shape[-1]))  # (B, N, Vt)
-    width = min(m.logits.shape[-1] for m in (s, t_model) if m is not None)  # shared id prefix
+    width = _shared_width(student, teacher, s, t_model)
     state = policy.init_state(B, device)
     rows = None  # the student's batch rows (ids), None = all B
     row_steps = torch.zeros(B, dtype=torch.long, device=device)
@@ -303,8 +334,8 @@ def _decode(policy: Sampler, student, teacher, prompt_ids, prompt_mask, *, max_n
             t_logits_buf[:, t] = t_model.logits
         if not run_student:  # teacher sampler, or AdaSwitch once every live row has switched
             token, emits = draw(t_model.logits[:, :width]), alive
-        elif t_model is None:  # student sampler: the teacher never runs
-            token, emits = draw(s.logits), torch.zeros_like(alive)
+        elif t_model is None:  # student sampler: the teacher never runs (its width still bounds the draw)
+            token, emits = draw(s.logits[:, :width]), torch.zeros_like(alive)
         else:
             q = s.logits[:, :width]
             if rows is not None:  # rows the student let go read as the teacher: the rule sends them to it
@@ -397,7 +428,7 @@ def _decode_blocks(policy: Sampler, student, teacher, prompt_ids, prompt_mask, *
     t_logits_buf = None
     if keep_teacher_logits:
         t_logits_buf = t_model.logits.new_empty((B, N + 1, t_model.logits.shape[-1]))
-    width = min(s.logits.shape[-1], t_model.logits.shape[-1])
+    width = _shared_width(student, teacher, s, t_model)
     state = policy.init_state(B, device)
     rows = None  # the student's batch rows (ids), None = all B; empty once the student has stopped
     row_steps = torch.zeros(B, dtype=torch.long, device=device)

@@ -6,6 +6,7 @@ float32 and natural log; the sampling temperature only shapes the draws.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -158,6 +159,14 @@ class AdaSwitchSampler(Sampler):
         slot = (t % self.window)[:, None]
         state["recent"].scatter_(1, slot, torch.where(active, d, state["recent"].gather(1, slot)[:, 0])[:, None])
         return state["switched"]
+
+    def check_length(self, max_new_tokens: int) -> None:
+        if max_new_tokens <= self.window:
+            from kdlib._divergences import _stacklevel_outside_kdlib
+
+            warnings.warn(f"adaswitch: max_new_tokens={max_new_tokens} <= window={self.window}: a row can switch "
+                          f"only from response token {self.window} on, so no row will; lower `window` or write "
+                          "longer responses", stacklevel=_stacklevel_outside_kdlib())
 
     def student_rows(self, state):
         return ~state["switched"]
