@@ -48,7 +48,11 @@ def main(argv=None) -> int:
     try:
         return _main([a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"])
     except (ValueError, FileNotFoundError, FileExistsError) as e:
-        if debug or env_flag("KDLIB_DEBUG", default=False):
+        try:
+            debug = debug or env_flag("KDLIB_DEBUG", default=False)
+        except ValueError as bad:  # a KDLIB_DEBUG that is not a boolean: say so, then the error itself
+            print(f"kdlib: error: {bad}", file=sys.stderr)
+        if debug:
             raise
         print(f"kdlib: error: {e}", file=sys.stderr)  # --debug or KDLIB_DEBUG=1 shows where it was raised
         return 2
@@ -107,7 +111,12 @@ def _main(argv) -> int:
         check_export_folder(output)  # before any training
     result = run(cfg, progress=not args.quiet)
     keys = ("method", "task", "student", "score", "train_seconds", "teacher_fraction", "hash")
-    model_dir = export_run(cfg, output) if output else run_dir(cfg) / "model"
+    try:
+        model_dir = export_run(cfg, output) if output else run_dir(cfg) / "model"
+    except OSError as e:  # the folder went away or filled up after the check: the run itself is safe
+        raise ValueError(f"could not write the model to {output} ({e}); the trained run is kept in the cache "
+                         f"({run_dir(cfg)}): run the same command with another --output, which trains nothing") \
+            from e
     print(json.dumps({k: result.get(k) for k in keys} | {
         k: v for k, v in result.items() if k.startswith("score_")} | {"model": str(model_dir)}, indent=1))
     return 0

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import typing
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 
 from kdlib import _names as names
 from kdlib import _usertask as usertask
+from kdlib._io import read_text
 from kdlib._names import DIVERGENCE_PARAMS, EMBEDDED_SIZES, SAMPLER_DEFAULTS, TASK_SPLITS
 from kdlib._names import PRETRAINED_NAMES as PRETRAINED
 
@@ -172,6 +174,7 @@ class RunConfig:
                 splits = TASK_SPLITS[self.task]
             elif usertask.is_user_task(self.task):
                 splits = usertask.spec(self.task).splits  # every row of every file checked now
+                self._fit_user_task_sizes()
             else:
                 raise ValueError(f"task={self.task!r} is not an embedded task; choose one of {sorted(TASK_SPLITS)}, "
                                  "a folder of your own JSONL files (docs/your_task.md), or profile='paper' for "
@@ -186,6 +189,11 @@ class RunConfig:
                              f"(source {r['source']!r}); drop them, or set sampler= as well")
         if r["source"] not in SOURCES:
             raise ValueError(f"source={r['source']!r} is unknown; choose one of {SOURCES}")
+        if self.sampler is not None and r["source"] in ("data", "seqkd"):
+            raise ValueError(f"sampler={self.sampler!r} is unused: method={self.method!r} reads "
+                             + ("the labelled data" if r["source"] == "data" else "the teacher's responses (SeqKD)")
+                             + f" (source {r['source']!r}) and never samples; drop it, or pick a method or "
+                             "source that samples (sampler, mix, distillm)")
         if r["source"] in ("sampler", "mix", "distillm") and r["sampler"] is None:
             raise ValueError(f"source={r['source']!r} needs a sampler")
         if r["source"] == "distillm" and self.eval_every < 1:
@@ -219,6 +227,40 @@ class RunConfig:
         names.validate_params(r["divergence"], **r["divergence_params"])
         if r["sampler"] is not None:
             names.validate_sampler_params(r["sampler"], **r["sampler_params"])
+
+    def _fit_user_task_sizes(self) -> None:
+        """A task folder of your own holds what it holds: n_train, n_prompts and n_labelled larger than its
+        train.jsonl are cut to it (the config, its hash and result.json then say what runs), with a warning
+        unless the value was the default; n_eval stays "at most" (result.json's n_scored says how many were
+        scored). A run that validates (select_checkpoint='validation', DistiLLM) finds its rows now, not
+        after its teacher and warm-up trained: validation.jsonl if the folder has one, else train.jsonl's
+        rows past n_train."""
+        task = usertask.spec(self.task)
+        train = Path(task.path) / "train.jsonl"
+        n_rows = usertask.row_count(self.task, "train")
+        cut = {}
+        if self.n_train > n_rows:
+            cut["n_train"] = n_rows
+        n_train = cut.get("n_train", self.n_train)
+        if self.n_prompts >= n_train:
+            cut["n_prompts"] = 0  # 0 = all n_train
+        if self.n_labelled >= n_train:
+            cut["n_labelled"] = 0  # 0 = all n_train
+        defaults = _defaults()
+        said = [f"{k}={getattr(self, k)} → {v}" + (" (all)" if v == 0 else "") for k, v in cut.items()
+                if getattr(self, k) != defaults[k]]
+        if said:
+            warnings.warn(f"{train} has {n_rows} rows: " + ", ".join(said)
+                          + (" — every row is labelled now" if "n_labelled" in cut else ""),
+                          stacklevel=names.stacklevel_outside_kdlib())
+        for k, v in cut.items():
+            object.__setattr__(self, k, v)
+        validates = self.select_checkpoint == "validation" or self.resolved["source"] == "distillm"
+        if validates and "validation" not in task.splits and self.n_train >= n_rows:
+            why = "select_checkpoint='validation'" if self.select_checkpoint == "validation" else "DistiLLM's schedule"
+            raise ValueError(f"{why} needs held-out validation rows: {task.path} has no validation.jsonl, and "
+                             f"{train} has no rows past n_train={self.n_train} (it has {n_rows}); add a "
+                             "validation.jsonl, or set n_train below the file's rows")
 
     @property
     def resolved(self) -> dict[str, Any]:
@@ -499,7 +541,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     if path is not None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"config file {path} does not exist (configs/ holds the shipped ones)")
-        d = _yaml(Path(path).read_text(), str(path))
+        d = _yaml(read_text(path), str(path))
         if d is None:
             raise ValueError(f"{path}: the config file is empty; give at least `method:` (or no file, "
                              "only key=value overrides, for every default)")

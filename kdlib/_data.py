@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from kdlib._io import check_jsonl
+from kdlib._io import check_jsonl, json_lines
 
 if TYPE_CHECKING:  # annotations only
     from collections.abc import Sequence
@@ -57,24 +57,33 @@ class SequenceBatch:
 
 
 def validate_rows(rows, source: str, fields=REQUIRED_FIELDS) -> None:
-    """Fail on the first malformed row, naming the file, the row index and the field."""
+    """Fail on the first malformed row, naming the source, the row index (from 0) and the field."""
     for i, row in enumerate(rows):
-        for name in fields:
-            value = row.get(name) if isinstance(row, dict) else None
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{source}: row {i}: field {name!r} must be a non-empty string, "
-                                 f"got {value!r}")
+        _validate_row(row, f"{source}: row {i}", fields)
+
+
+def _validate_row(row, where: str, fields) -> None:
+    for name in fields:
+        value = row.get(name) if isinstance(row, dict) else None
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{where}: field {name!r} must be a non-empty string, got {value!r}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{where}: field {name!r} holds {value[e.start:e.end]!r} at character {e.start}, a "
+                             "lone UTF-16 surrogate (an escape like \\ud800 without its pair): not text") from None
 
 
 def load_jsonl(path: str | Path, fields: Sequence[str] = REQUIRED_FIELDS) -> list[dict]:
-    """Load a JSONL file through `datasets` exactly like a real dataset, then validate every row."""
+    """Load a JSONL file through `datasets` exactly like a real dataset, after checking every line (a
+    problem names the file, the line counted from 1 as an editor does, and the field)."""
     from datasets import load_dataset
 
     path = Path(path)
     check_jsonl(path)
-    rows = load_dataset("json", data_files=str(path), split="train").to_list()
-    validate_rows(rows, str(path), fields)
-    return rows
+    for i, obj in json_lines(path):
+        _validate_row(obj, f"{path}: line {i}", fields)
+    return load_dataset("json", data_files=str(path), split="train").to_list()
 
 
 def format_prompt(tokenizer, prompt: str, bos: str | None = None) -> str:

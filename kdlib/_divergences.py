@@ -27,15 +27,13 @@ No τ² factor is applied to the loss: the temperature only reshapes both distri
 from __future__ import annotations
 
 import math
-import os
-import sys
 import warnings
 from typing import Callable, NamedTuple
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from kdlib._names import DIVERGENCE_PARAMS, _check_param, needs_teacher, validate_params  # noqa: F401 - part of this module's API
+from kdlib._names import DIVERGENCE_PARAMS, _check_param, needs_teacher, stacklevel_outside_kdlib, validate_params  # noqa: F401 - part of this module's API
 
 CHUNK_BYTES = 64 * 2**20  # default float32 (chunk, V) block on GPU
 CHUNK_BYTES_CPU = 16 * 2**20  # on CPU: cache-sized blocks are faster (see benchmarks/bench_divergences.py)
@@ -187,19 +185,9 @@ def _warn_width_once(vs: int, vt: int, where: str = "divergences") -> None:
             f"kdlib {where}: student logits have width {vs} and teacher logits {vt}; comparing on the "
             f"shared id prefix [0, {min(vs, vt)}) (same tokenizer family assumed: the logits cannot tell; "
             "kdlib.check_same_tokenizer(teacher_tokenizer, student_tokenizer) can)",
-            stacklevel=_stacklevel_outside_kdlib(),
+            stacklevel=stacklevel_outside_kdlib(),
         )
 
-
-_KDLIB_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def _stacklevel_outside_kdlib() -> int:
-    """`warnings.warn`'s stacklevel, called from the function that warns: the first frame outside kdlib."""
-    frame, level = sys._getframe(2), 2  # 1 = the function that calls warnings.warn
-    while frame is not None and frame.f_code.co_filename.startswith(_KDLIB_DIR):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 _warned_teacher_grad = False

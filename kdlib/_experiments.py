@@ -190,6 +190,7 @@ def _score_and_write(cfg: RunConfig, d: Path, model, tok, trained: dict, t_score
         "score": score,
         **{f"score_{s}": v["score"] for s, v in scores.items()},
         "buckets": {s: v["buckets"] for s, v in scores.items()},
+        "n_scored": {s: v["n"] for s, v in scores.items()},
         "student_params": n_params(model), "train_seconds": trained["seconds"],
         "wall_seconds": trained["wall_seconds"] + time.time() - t_score,
         "seconds_per_step": trained["seconds"] / max(1, trained["step"]),
@@ -311,10 +312,21 @@ def load_run(cfg: RunConfig) -> tuple:
 
 
 def check_export_folder(output_dir) -> Path:
-    """`output_dir` as a path, if it is new or empty (FileExistsError otherwise): callable before training."""
+    """`output_dir` as a path, if it is an empty folder or can be made one (FileExistsError when it is not
+    empty or is a file, ValueError when it cannot be written): callable before training."""
     out = Path(output_dir).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"output folder {out} is not empty; choose a new one")
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"output folder {out} is a file; choose a new folder")
+        if any(out.iterdir()):
+            raise FileExistsError(f"output folder {out} is not empty; choose a new one")
+    where = out
+    while not where.exists():  # the nearest existing folder is where it will be made
+        where = where.parent
+    if not where.is_dir():
+        raise ValueError(f"output folder {out} cannot be made: {where} is a file, not a folder")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise ValueError(f"output folder {out} cannot be made: {where} is not writable")
     return out
 
 

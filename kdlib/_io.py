@@ -33,6 +33,17 @@ def json_lines(path) -> Iterator[tuple[int, dict]]:
             yield i, obj
 
 
+def read_text(path) -> str:
+    """A text file's contents as UTF-8; a file that is not names itself, its line and the byte."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
+                         "save it as UTF-8") from None
+
+
 @contextlib.contextmanager
 def writing(path: Path):
     """Name the file and the cause when a write fails: torch's and safetensors' own messages on a full disk

@@ -4,6 +4,8 @@ importing torch. The math lives in `kdlib._divergences`, `kdlib._samplers` and `
 from __future__ import annotations
 
 import math
+import os
+import sys
 from dataclasses import dataclass
 
 # ---- embedded tasks and pretrained models: the names (kdlib._workload builds and loads them) -----------------
@@ -164,3 +166,16 @@ EMBEDDED_SIZES = {
 }
 
 
+_KDLIB_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def stacklevel_outside_kdlib() -> int:
+    """`warnings.warn`'s stacklevel, computed in the function that warns: the first frame outside kdlib, so a
+    warning names the user's line (a notebook cell, a script), not kdlib's."""
+    frame, level = sys._getframe(2), 2  # level 1 = the function that calls warnings.warn
+    while frame is not None and (frame.f_code.co_filename.startswith(_KDLIB_DIR)
+                                 or frame.f_code.co_filename == "<string>" and frame.f_code.co_name == "__init__"
+                                 or frame.f_code.co_filename.endswith(f"{os.sep}dataclasses.py")):
+        # (a dataclass's generated __init__, and dataclasses.replace, call RunConfig's checks)
+        frame, level = frame.f_back, level + 1
+    return level

@@ -25,7 +25,8 @@ def teacher_recipe(task: str, size: str = "teacher", steps: int | None = None) -
     """The embedded teacher: SFT from scratch on the whole training pool, scored on 300 held-out rows per
     split (8 for the `tiny` size of tests and smoke runs, whose score nobody reads)."""
     splits = TASK_SPLITS.get(task) or usertask.spec(task).splits
-    return RunConfig(method="sft", task=task, student=size, student_init="scratch", n_train=40000,
+    n_train = 40000 if task in TASK_SPLITS else min(40000, usertask.row_count(task, "train"))  # the whole pool
+    return RunConfig(method="sft", task=task, student=size, student_init="scratch", n_train=n_train,
                      steps=steps or TEACHER_STEPS.get(task, USER_TEACHER_STEPS), batch_size=32, lr=1e-3,
                      warmup_steps=50, max_grad_norm=1.0, checkpoint_every=100,
                      eval_splits=tuple(s for s in splits if s != "train"),

@@ -62,10 +62,12 @@ def split_label(split: str) -> str:
 
 def validation_rows(cfg: RunConfig, tok=None) -> list[dict]:
     """Held-out rows for model selection and DistiLLM's schedule: an embedded task's training rows past
-    the n_train the student sees (the pool holds 40 000), or a paper dataset's validation split (else
-    the end of its training split, past n_train)."""
+    the n_train the student sees (the pool holds 40 000), a paper dataset's or a task folder's validation
+    split (else the end of its training split, past n_train; RunConfig checks a folder has some)."""
     n = min(cfg.n_eval, 200)
     if cfg.profile == "paper" and "validation" in paper.DATASETS[cfg.task].splits:
+        return load_rows(cfg, "validation", n, tok)
+    if cfg.user_task is not None and "validation" in cfg.user_task.splits:  # a task folder's validation.jsonl
         return load_rows(cfg, "validation", n, tok)
     rows = load_rows(cfg, "train", None, tok)
     held = rows[cfg.n_train:cfg.n_train + n]

@@ -37,6 +37,7 @@ def score_splits(cfg: RunConfig, model, tok, out_dir: Path | None, progress: boo
                                         seed=cfg.seed + SAMPLE_SEED_OFFSET,
                                         out_path=out_dir / f"predictions-{label}.jsonl" if out_dir else None,
                                         progress=progress)
+            scores[label]["n"] = len(rows)  # n_eval is "at most": a split may hold fewer
     return scores
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from kdlib._io import json_lines
+from kdlib._io import json_lines, read_text
 from kdlib._metrics import _pattern_answer, extract_answer
 
 METRICS = ("rougeL", "exact", "accuracy")
@@ -89,7 +89,7 @@ def _options(folder: Path) -> dict:
     f = folder / "task.yaml"
     if f.exists():
         try:
-            given = yaml.safe_load(f.read_text()) or {}
+            given = yaml.safe_load(read_text(f)) or {}
         except yaml.YAMLError as e:
             raise ValueError(f"{f}: not valid YAML: {e}") from None
         if not isinstance(given, dict):
@@ -117,21 +117,32 @@ def _options(folder: Path) -> dict:
 @functools.lru_cache(maxsize=16)
 def _read(task: UserTask, split: str) -> tuple:
     path = Path(task.path) / f"{split}.jsonl"
-    rows = [_row(task, obj, f"{path}: line {i}", f"{task.name}-{split}-{n}")
-            for n, (i, obj) in enumerate(json_lines(path))]
+    rows, lines = [], {}
+    for n, (i, obj) in enumerate(json_lines(path)):
+        row = _row(task, obj, f"{path}: line {i}", f"{task.name}-{split}-{n}")
+        if row["id"] in lines:  # paired comparisons match items by id: two rows under one id would merge
+            raise ValueError(f"{path}: lines {lines[row['id']]} and {i} have the same id {row['id']!r}; "
+                             "ids must be unique within a split (or leave them out: kdlib numbers the rows)")
+        lines[row["id"]] = i
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no rows")
     return tuple(rows)
 
 
 def _row(task: UserTask, obj: dict, where: str, default_id: str) -> dict:
-    out = {"id": str(obj.get("id", default_id)), "steps": None}
+    given_id = obj.get("id")
+    if given_id is not None and (isinstance(given_id, bool) or not isinstance(given_id, (str, int))
+                                 or str(given_id).strip() == ""):
+        raise ValueError(f"{where}: field 'id' must be a non-empty string or an integer, got {given_id!r}")
+    out = {"id": default_id if given_id is None else str(given_id), "steps": None}
     for key, field in (("prompt", task.prompt_field), ("response", task.response_field)):
         value = obj.get(field)
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{where}: field {field!r} must be a non-empty string, got {value!r}"
                              + (f" (the line's fields: {sorted(obj)}; set {key}_field in task.yaml)"
                                 if field not in obj else ""))
+        _check_text(value, where, field)
         out[key] = value
     answer = obj.get(task.answer_field)
     if task.metric == "accuracy":
@@ -142,9 +153,25 @@ def _row(task: UserTask, obj: dict, where: str, default_id: str) -> dict:
                              "found in the response" + (f" by answer_pattern {task.answer_pattern!r}"
                                                         if task.answer_pattern else " (no '####' or number)"))
     out["answer"] = "" if answer is None else str(answer)
+    _check_text(out["answer"], where, task.answer_field)
+    _check_text(out["id"], where, "id")
     if task.answer_pattern:
         out["answer_pattern"] = task.answer_pattern
     return out
+
+
+def _check_text(value: str, where: str, field: str) -> None:
+    """JSON may spell a lone UTF-16 surrogate ("\\ud800"), which no tokenizer can encode: name it here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{where}: field {field!r} holds {value[e.start:e.end]!r} at character {e.start}, a lone "
+                         "UTF-16 surrogate (an escape like \\ud800 without its pair): not text") from None
+
+
+def row_count(task: str, split: str) -> int:
+    """The rows of a split of the task folder."""
+    return len(_read(spec(task), split))
 
 
 def extract(text: str, pattern: str = ""):

@@ -58,7 +58,8 @@ def test_import_kdlib_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, kdlib; kdlib.RunConfig, kdlib.SAMPLER_DEFAULTS; assert 'torch' not in sys.modules, 'torch imported'"
+    code = ("import sys, kdlib; kdlib.RunConfig, kdlib.SAMPLER_DEFAULTS; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
     # a paper-profile config and its dataset check (what the CLI runs before reporting a config error) too
     code = ("import sys; from kdlib import _paper as paper; from kdlib._config import RunConfig\n"

@@ -38,7 +38,57 @@ def test_sampler_params_without_a_sampler_are_refused():
     assert RunConfig(method="kd", sampler="skd", source="sampler", sampler_params={"top_k": 3})
 
 
+def test_a_sampler_on_a_method_that_never_samples_is_refused():
+    with pytest.raises(ValueError, match="sampler='adaswitch' is unused: method='kd' reads the labelled data"):
+        RunConfig(method="kd", sampler="adaswitch")
+    with pytest.raises(ValueError, match=r"sampler='switch' is unused: .*the teacher's responses \(SeqKD\)"):
+        RunConfig(method="kd", source="seqkd", sampler="switch")
+    assert RunConfig(method="kd", source="sampler", sampler="switch").resolved["sampler"] == "switch"
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_training(tmp_path, capsys, monkeypatch):
+    from kdlib._experiments import check_export_folder
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "model.safetensors").write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    for folder, needle in ((tmp_path / "afile", "afile is a file; choose a new folder"),
+                           (tmp_path / "afile" / "sub", "afile is a file, not a folder"),
+                           (tmp_path / "full", "full is not empty")):
+        with pytest.raises((ValueError, FileExistsError), match=needle):
+            check_export_folder(folder)
+    monkeypatch.setattr("os.access", lambda path, mode: str(path) != str(locked))  # root may write anywhere
+    with pytest.raises(ValueError, match="locked is not writable"):
+        check_export_folder(locked / "new" / "deeper")
+    assert check_export_folder(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"  # made at export
+    # the CLI: one line, exit 2, before anything trains
+    assert cli.main(["train", "teacher=tiny", "student=tiny", "--output", str(tmp_path / "afile" / "sub")]) == 2
+    assert capsys.readouterr().err.strip().endswith("afile is a file, not a folder")
+
+
+def test_a_non_boolean_debug_switch_is_named_and_the_error_still_printed(monkeypatch, capsys):
+    monkeypatch.setenv("KDLIB_DEBUG", "maybe")
+    assert cli.main(["show", "steps=abc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["kdlib: error: KDLIB_DEBUG='maybe': use 1 or 0 (also true/false, yes/no, on/off)",
+                   "kdlib: error: steps='abc' must be a whole number, not str"]
+
+
+def test_a_grid_axis_given_as_a_string_is_refused():
+    from kdlib.notebook import grid
+
+    with pytest.raises(ValueError, match=r"grid axis method='kd,gkd' must be a list .*-y \"name: \[a, b\]\""):
+        grid({}, method="kd,gkd")
+    with pytest.raises(ValueError, match="grid axis seed=3 must be a list"):
+        grid({}, seed=3)
+
+
 def test_config_files_empty_broken_or_missing_are_named(tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes("method: kd  # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.yaml: line 1: not UTF-8 text \(byte 17"):
+        load_config(tmp_path / "latin1.yaml")
     (tmp_path / "empty.yaml").write_text("\n")
     (tmp_path / "broken.yaml").write_text("method: [kd\n")
     (tmp_path / "list.yaml").write_text("- kd\n")
@@ -242,8 +292,11 @@ def test_validating_a_config_and_printing_help_import_no_torch():
     (b'{"prompt": "a", "response": "b"}\n\xff\xfe bad\n', "line 2: not UTF-8 text"),
     (b'{"prompt": "a", "response": "b"}\nnot json\n', "line 2: not valid JSON"),
     (b'["a", "b"]\n', "line 1: a JSON object {...} per line is expected, got list"),
-    (b'{"prompt": "a", "response": []}\n', "row 0: field 'response' must be a non-empty string, got []"),
-    (b'{"prompt": "a", "response": 42}\n', "row 0: field 'response' must be a non-empty string, got 42"),
+    (b'{"prompt": "a", "response": []}\n', "line 1: field 'response' must be a non-empty string, got []"),
+    (b'{"prompt": "a", "response": "b"}\n\n{"prompt": "a", "response": 42}\n',
+     "line 3: field 'response' must be a non-empty string, got 42"),  # the editor's line, blank lines counted
+    (b'{"prompt": "a", "response": NaN}\n', "line 1: field 'response' must be a non-empty string, got nan"),
+    (b'{"prompt": "a \\ud800", "response": "b"}\n', "line 1: field 'prompt' holds '\\ud800' at character 2"),
 ])
 def test_a_bad_data_file_is_named_with_its_row_and_field(tmp_path, content, needle):
     from kdlib._data import load_jsonl

@@ -47,7 +47,7 @@ def test_malformed_row_is_named_by_file_row_and_field(tmp_path):
     path = tmp_path / "rows.jsonl"
     rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": ""}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ValueError, match=r"rows.jsonl: row 1: field 'response'"):
+    with pytest.raises(ValueError, match=r"rows.jsonl: line 2: field 'response'"):
         load_jsonl(path)
 
 

@@ -1,6 +1,7 @@
 """Your own task: a folder of JSONL files (kdlib._usertask) used through the CLI and the Python API."""
 import json
 import shutil
+import warnings
 
 import pytest
 
@@ -57,12 +58,69 @@ def test_a_task_folder_is_a_config_task_with_its_name_metric_and_splits(tmp_path
     (lambda d: (d / "task.yaml").write_text("metric: accuracy\nanswer_pattern: 'answer is \\d+'\n"),
      "needs a group"),
     (lambda d: (d / "task.yaml").write_text("metrc: exact\n"), r"unknown key\(s\) \['metrc'\]"),
+    (lambda d: (d / "task.yaml").write_bytes(b"metric: exact\nname: caf\xe9\n"), r"task.yaml: line 2: not UTF-8"),
 ])
 def test_a_bad_task_folder_fails_before_training_naming_file_line_and_field(tmp_path, change, match):
     task = write_task(tmp_path / "bad")
     change(task)
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         load_config(None, [f"task={task}", "method=gkd"])
+
+
+@pytest.mark.parametrize("lines,match", [
+    (['{"id": "e1", "question": "q", "solution": "1"}', '{"id": "e1", "question": "r", "solution": "2"}'],
+     r"hard.jsonl: lines 5 and 6 have the same id 'e1'"),
+    (['{"question": "q \\ud800", "solution": "1"}'],
+     r"hard.jsonl: line 5: field 'question' holds '\\ud800' at character 2, a lone UTF-16 surrogate"),
+    (['{"id": [1], "question": "q", "solution": "1"}'], r"hard.jsonl: line 5: field 'id' must be"),
+])
+def test_rows_that_would_fail_or_merge_later_fail_now(tmp_path, lines, match):
+    task = write_task(tmp_path / "bad", extra=lines)
+    with pytest.raises(ValueError, match=match):
+        load_config(None, [f"task={task}", "method=kd"])
+
+
+def test_rows_without_ids_or_with_null_ids_are_numbered(tmp_path):
+    task = write_task(tmp_path / "mine", extra=['{"id": null, "question": "q", "solution": "1"}',
+                                                '{"id": null, "question": "r", "solution": "2"}', '{"id": 7, '
+                                                '"question": "s", "solution": "3"}'])
+    load_config(None, [f"task={task}", "method=kd", "n_train=30"])
+    ids = [r["id"] for r in usertask.load_rows(str(task), "hard")]
+    assert ids == ["apples-hard-0", "apples-hard-1", "apples-hard-2", "apples-hard-3", "apples-hard-4",
+                   "apples-hard-5", "7"]
+
+
+def test_sizes_beyond_the_files_are_cut_to_them_with_a_warning_and_recorded(tmp_path):
+    task = write_task(tmp_path / "mine")  # 40 train rows; test 6, hard 4
+    with pytest.warns(UserWarning, match=r"train.jsonl has 40 rows: n_train=4000 → 40, n_prompts=50 → 0 \(all\), "
+                                         r"n_labelled=1000 → 0 \(all\) — every row is labelled") as caught:
+        big = load_config(None, [f"task={task}", "n_train=4000", "n_labelled=1000", "n_prompts=50"])
+    assert caught[0].filename == __file__  # the warning names the caller's line
+    assert (big.n_train, big.n_labelled, big.n_prompts) == (40, 0, 0)  # what runs, in the hash and result.json
+    assert run_hash(big) == run_hash(load_config(None, [f"task={task}", "n_train=40"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sizes inside the file, or the default n_train cut: no warning
+        fits = load_config(None, [f"task={task}", "n_train=30", "n_labelled=10", "n_prompts=20", "n_eval=300"])
+        default = load_config(None, [f"task={task}"])
+    assert (fits.n_train, fits.n_labelled, fits.n_prompts, fits.n_eval) == (30, 10, 20, 300)
+    assert default.n_train == 40 and fits.replace(seed=1).n_train == 30
+
+
+def test_a_run_that_validates_finds_its_rows_before_anything_trains(tmp_path):
+    from kdlib._rows import validation_rows
+
+    task = write_task(tmp_path / "mine")
+    for method in ("distillm", "kd"):
+        with pytest.raises(ValueError, match=r"has no validation.jsonl, and .*train.jsonl has no rows past "
+                                             r"n_train=40 \(it has 40\)"):
+            load_config(None, [f"task={task}", f"method={method}", "n_train=40", "eval_every=5",
+                               "select_checkpoint=validation"])
+    cfg = load_config(None, [f"task={task}", "method=distillm", "n_train=30", "eval_every=5"])
+    past = usertask.load_rows(str(task), "train")[30:]
+    assert [r["prompt"] for r in validation_rows(cfg)] == [r["prompt"] for r in past]
+    (task / "validation.jsonl").write_text((task / "hard.jsonl").read_text())  # a validation split of its own
+    cfg = load_config(None, [f"task={task}", "method=distillm", "n_train=40", "eval_every=5"])
+    assert [r["id"] for r in validation_rows(cfg)] == [r["id"] for r in usertask.load_rows(str(task), "validation")]
 
 
 def test_the_cli_distils_on_your_task_with_a_tokenizer_built_from_it(tmp_path, monkeypatch, capsys):

@@ -10,6 +10,7 @@ import warnings
 
 import torch
 
+from kdlib._names import stacklevel_outside_kdlib
 from kdlib._samplers.decoder import Sampler
 
 Tensor = torch.Tensor
@@ -162,11 +163,9 @@ class AdaSwitchSampler(Sampler):
 
     def check_length(self, max_new_tokens: int) -> None:
         if max_new_tokens <= self.window:
-            from kdlib._divergences import _stacklevel_outside_kdlib
-
             warnings.warn(f"adaswitch: max_new_tokens={max_new_tokens} <= window={self.window}: a row can switch "
                           f"only from response token {self.window} on, so no row will; lower `window` or write "
-                          "longer responses", stacklevel=_stacklevel_outside_kdlib())
+                          "longer responses", stacklevel=stacklevel_outside_kdlib())
 
     def student_rows(self, state):
         return ~state["switched"]

@@ -51,6 +51,11 @@ def grid(base: dict, smoke: bool = False, **axes) -> list[RunConfig]:
 
     With `smoke`, the smallest settings override the base, but not the axes being compared, and every
     axis but `method` keeps its first two values (each value's code path has its own unit tests)."""
+    for name, values in axes.items():  # papermill -p methods kd,gkd passes a string: it would split by letter
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise ValueError(f"grid axis {name}={values!r} must be a list of values, e.g. {name}=[{values!r}]"
+                             + (" (papermill: pass a list with -y \"name: [a, b]\", not -p name a,b)"
+                                if isinstance(values, str) and "," in values else ""))
     if smoke:
         axes = {k: (v if k == "method" else v[:2]) for k, v in axes.items()}
     names = list(axes)
