@@ -405,6 +405,7 @@ def _check_model_name(role: str, name: str, local: str | None = None, check_offl
         return
     known = f"embedded sizes {sorted(EMBEDDED_SIZES)}, pretrained {sorted(PRETRAINED)}"
     if Path(name).expanduser().is_dir():  # a local model directory, whatever its name
+        _check_model_folder(role, name, Path(name).expanduser())
         return
     if re.fullmatch(r"(student|teacher|tiny)([-_]\w*)?", name):
         raise ValueError(f"{role}={name!r} is not an embedded size; choose one of {known}, a local "
@@ -412,15 +413,25 @@ def _check_model_name(role: str, name: str, local: str | None = None, check_offl
     local = local or name
     path = Path(local).expanduser()
     if path.is_dir():
+        _check_model_folder(role, name, path)
         return
     if local.startswith(("/", "./", "../", "~")) or path.exists():
         raise ValueError(f"{role}={name!r}: no model directory at {path} ({known})")
+    if "/" in local and Path(local.split("/")[0]).is_dir():  # mymodels/student with ./mymodels here: a typo
+        raise ValueError(f"{role}={name!r}: no model directory at {path.resolve()}, though "
+                         f"{local.split('/')[0]}/ exists here; a hub name would be tried otherwise ({known})")
     if check_offline and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(local, "config.json"), str):
             raise ValueError(f"{role}={name!r} is neither a local directory nor in the hub cache, and "
                              f"HF_HUB_OFFLINE is set: download it first or give its directory ({known})")
+
+
+def _check_model_folder(role: str, name: str, path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{role}={name!r}: {path} is a folder but not a model (no config.json; a model folder "
+                         "is what save_pretrained writes)")
 
 
 def check_models_reachable(cfg: RunConfig, local_path=None) -> None:

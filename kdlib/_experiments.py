@@ -35,7 +35,7 @@ from kdlib._models import (
     pick_device_dtype,
 )
 from kdlib._recipes import sft_init_recipe, teacher_config, uses_teacher
-from kdlib._rows import load_rows, named_path, resolve_tokenizer, split_label, validation_rows
+from kdlib._rows import check_row_lengths, load_rows, named_path, resolve_tokenizer, split_label, validation_rows
 from kdlib._runcache import (
     cached_result,
     finished,
@@ -110,6 +110,7 @@ def _train_and_score(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) ->
     keep_freed_memory()
     device, dtype = pick_device_dtype(cfg.dtype)
     tok = resolve_tokenizer(cfg)
+    check_row_lengths(cfg, tok)  # your own task's rows against the pair's context, before any training
     if (d / "trained.json").exists() and (d / "model" / "model.safetensors").exists() \
             and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # (ranks of one launch train it again together)
         return _rescore(cfg, d, tok, device, dtype, progress)

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from kdlib._env import env_flag
-from kdlib._names import EMBEDDED_SIZES, ModelSize  # noqa: F401 - part of this module's API
+from kdlib._names import EMBEDDED_CONTEXT, EMBEDDED_SIZES, ModelSize  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def build_llama(size: ModelSize, tokenizer, seed: int) -> LlamaForCausalLM:
         num_attention_heads=size.heads,
         num_key_value_heads=size.heads,
         intermediate_size=size.intermediate,
-        max_position_embeddings=512,
+        max_position_embeddings=EMBEDDED_CONTEXT,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,

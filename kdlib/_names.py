@@ -166,6 +166,8 @@ EMBEDDED_SIZES = {
 }
 
 
+EMBEDDED_CONTEXT = 512  # max_position_embeddings of the embedded sizes (kdlib._models.build_llama)
+
 _KDLIB_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 

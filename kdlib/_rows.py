@@ -11,7 +11,7 @@ from kdlib import _usertask as usertask
 from kdlib import _workload as workload
 from kdlib._config import RunConfig
 from kdlib._models import check_same_tokenizer, load_tokenizer
-from kdlib._names import EMBEDDED_SIZES, TASK_METRIC
+from kdlib._names import EMBEDDED_CONTEXT, EMBEDDED_SIZES, TASK_METRIC
 
 if TYPE_CHECKING:  # annotations only
     from transformers import PreTrainedTokenizerBase
@@ -82,6 +82,18 @@ def named_path(name: str) -> str:
     return str(workload.PRETRAINED[name]()) if name in workload.PRETRAINED else paper.model_path(name)
 
 
+def _load_tokenizer(role: str, name: str):
+    """The tokenizer of `name`, or an error naming the role and the name (the hub's own says neither)."""
+    path = named_path(name)
+    try:
+        return load_tokenizer(path)
+    except (OSError, ValueError) as e:
+        where = "" if path == name else f" (read from {path})"
+        raise ValueError(f"{role}={name!r}{where}: its tokenizer could not be loaded: {str(e).splitlines()[0][:300]}"
+                         " — a hub name needs the network or a local copy (HF_HUB_OFFLINE=1 fails at once instead "
+                         "of retrying); a local folder is written with './' or '/'") from e
+
+
 def resolve_tokenizer(cfg: RunConfig):
     """The pair's tokenizer; teacher and student must share it (and its chat template)."""
     named = [n for n in (cfg.teacher, cfg.student) if n not in EMBEDDED_SIZES]
@@ -91,11 +103,55 @@ def resolve_tokenizer(cfg: RunConfig):
         raise ValueError(f"teacher={cfg.teacher!r} and student={cfg.student!r}: an embedded size "
                          "cannot be paired with a pretrained model (their tokenizers differ)")
     if cfg.teacher == cfg.student:  # a named model's own fine-tuning run
-        return load_tokenizer(named_path(cfg.student))
-    toks = [load_tokenizer(named_path(n)) for n in named]
+        return _load_tokenizer("student", cfg.student)
+    toks = [_load_tokenizer(role, n) for role, n in (("teacher", cfg.teacher), ("student", cfg.student))]
     if cfg.chat_template_from == "student":
         toks[0].chat_template = toks[1].chat_template
     elif cfg.chat_template_from == "teacher":
         toks[1].chat_template = toks[0].chat_template
     check_same_tokenizer(*toks)
     return toks[1]
+
+
+def check_row_lengths(cfg: RunConfig, tok) -> None:
+    """A task folder of your own: warn, before anything trains, when rows do not fit the pair's context
+    (prompt + response for training rows, prompt + max_new_tokens for held-out ones), naming the file, the
+    first such line's row and the lengths. Rotary models run past their context without an error, and read
+    it worse; the paper profile cuts prompts instead (truncate_prompts)."""
+    task = cfg.user_task
+    if task is None:
+        return
+    limit = min(_context(cfg.teacher), _context(cfg.student))
+    if not limit:
+        return
+    for split in ("train", *cfg.eval_splits):
+        rows = usertask.load_rows(cfg.task, split, cfg.n_train if split == "train" else cfg.n_eval)
+        long = []
+        for i, row in enumerate(rows):
+            n = len(tok(row["prompt"], add_special_tokens=False)["input_ids"])
+            if split == "train":
+                n += len(tok(row["response"], add_special_tokens=False)["input_ids"])
+            else:
+                n += cfg.max_new_tokens
+            if n > limit:
+                long.append((i, row["id"], n))
+        if long:
+            i, row_id, n = long[0]
+            log.warning("%s/%s.jsonl: %d of %d rows are longer than the pair's context of %d positions (the first: "
+                        "row %d, id %r, %d tokens%s); shorten them, or expect the models to read them worse",
+                        task.path, split, len(long), len(rows), limit, i + 1, row_id, n,
+                        "" if split == "train" else f" with max_new_tokens={cfg.max_new_tokens}")
+
+
+def _context(name: str) -> int:
+    """The positions a model was made for: the embedded sizes' 512, else config.json's
+    max_position_embeddings (0 when it says none)."""
+    if name in EMBEDDED_SIZES:
+        return EMBEDDED_CONTEXT
+    import json
+    from pathlib import Path
+
+    config = Path(named_path(name)) / "config.json"
+    if not config.is_file():
+        return 0
+    return int(json.loads(config.read_text()).get("max_position_embeddings") or 0)

@@ -243,6 +243,50 @@ def test_model_names_that_cannot_work_fail_before_anything_loads(monkeypatch):
     check_models_reachable(RunConfig())  # embedded sizes need nothing
 
 
+def test_a_folder_that_is_no_model_or_a_mistyped_relative_path_is_named(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "mymodels").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"student='data': data is a folder but not a model \(no config.json"):
+        RunConfig(teacher="smollm2", student="data", student_init="pretrained")
+    with pytest.raises(ValueError, match=r"student='mymodels/student': no model directory at .*mymodels/student, "
+                                         r"though mymodels/ exists here"):
+        RunConfig(teacher="smollm2", student="mymodels/student", student_init="pretrained")
+
+
+def test_a_local_model_folder_is_cached_by_its_content_not_only_its_path(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def save(folder, seed, hidden=16):
+        torch.manual_seed(seed)
+        LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32)).save_pretrained(folder)
+
+    save(tmp_path / "t", 0)
+    save(tmp_path / "s", 1)
+    cfg = RunConfig(teacher=str(tmp_path / "t"), student=str(tmp_path / "s"), student_init="pretrained")
+    first = run_hash(cfg)
+    assert run_hash(cfg) == first  # stable
+    save(tmp_path / "s", 2)  # same shapes, other weights: another run
+    second = run_hash(cfg)
+    save(tmp_path / "s", 1, hidden=32)  # another architecture
+    assert len({first, second, run_hash(cfg)}) == 3
+
+
+def test_a_hub_name_that_cannot_load_names_its_role(monkeypatch):
+    from kdlib import _rows
+
+    def offline(path):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files\nsecond line")
+
+    monkeypatch.setattr(_rows, "load_tokenizer", offline)
+    cfg = RunConfig(teacher="someorg/teacher-7b", student="someorg/student-1b", student_init="pretrained")
+    with pytest.raises(ValueError, match=r"teacher='someorg/teacher-7b': its tokenizer could not be loaded: We "
+                                         r"couldn't connect .* a hub name needs the network or a local copy"):
+        _rows.resolve_tokenizer(cfg)
+
+
 def test_a_run_gives_the_same_weights_however_many_threads_the_process_had(tmp_path, monkeypatch):
     import torch
     from conftest import cache_sharing_task_data
@@ -317,6 +361,7 @@ def test_finite_numbers_a_named_directory_and_an_evaluation_set_are_required(tmp
         load_config(None, ["lr=-e5"])
     mine = tmp_path / "student-finetuned"
     mine.mkdir()
+    (mine / "config.json").write_text("{}")
     assert RunConfig(teacher=str(mine), student=str(mine), student_init="pretrained")  # not taken for a typo
 
 

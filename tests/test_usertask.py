@@ -123,6 +123,22 @@ def test_a_run_that_validates_finds_its_rows_before_anything_trains(tmp_path):
     assert [r["id"] for r in validation_rows(cfg)] == [r["id"] for r in usertask.load_rows(str(task), "validation")]
 
 
+def test_rows_longer_than_the_pairs_context_are_named_before_training(tmp_path, caplog):
+    from kdlib._rows import check_row_lengths
+
+    def words(text, add_special_tokens=False):  # a tokenizer of whitespace words
+        return {"input_ids": text.split()}
+
+    task = write_task(tmp_path / "mine", extra=['{"id": "long", "question": "' + "1 plus " * 250 + '?", '
+                                                '"solution": "The answer is 1"}'])
+    cfg = load_config(None, [f"task={task}", "n_train=30", "eval_splits=[test,hard]", "max_new_tokens=64"])
+    with caplog.at_level("WARNING", logger="kdlib._rows"):
+        check_row_lengths(cfg, words)
+    assert len(caplog.records) == 1  # train and test fit, hard's last row does not: 501 words + 64 > 512
+    assert "hard.jsonl: 1 of 5 rows are longer than the pair's context of 512 positions (the first: row 5, " \
+           "id 'long', 565 tokens with max_new_tokens=64)" in caplog.text
+
+
 def test_the_cli_distils_on_your_task_with_a_tokenizer_built_from_it(tmp_path, monkeypatch, capsys):
     from transformers import AutoTokenizer
 
