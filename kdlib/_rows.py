@@ -3,7 +3,9 @@ own, or a paper dataset (formatted for the pair's chat template, prompts cut to 
 held-out validation rows; the metric each split is scored with."""
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kdlib import _paper as paper
@@ -148,9 +150,6 @@ def _context(name: str) -> int:
     max_position_embeddings (0 when it says none)."""
     if name in EMBEDDED_SIZES:
         return EMBEDDED_CONTEXT
-    import json
-    from pathlib import Path
-
     config = Path(named_path(name)) / "config.json"
     if not config.is_file():
         return 0

@@ -37,6 +37,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from kdlib._data import SequenceBatch, position_ids
+from kdlib._divergences import _warn_width_once
 
 Tensor = torch.Tensor
 EosIds = Union[int, Sequence[int], None]
@@ -242,8 +243,6 @@ def _shared_width(student, teacher, s: Optional[_CachedModel], t_model: Optional
         elif model is not None and _vocab_width(model) is not None:
             widths[role] = _vocab_width(model)
     if len(widths) == 2 and widths["student"] != widths["teacher"]:
-        from kdlib._divergences import _warn_width_once
-
         _warn_width_once(widths["student"], widths["teacher"], where="samplers")
     return min(widths.values())
 
