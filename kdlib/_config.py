@@ -154,7 +154,7 @@ class RunConfig:
         if self.student_init not in ("sft", "scratch", "pretrained"):
             raise ValueError(f"student_init={self.student_init!r}: choose 'sft', 'scratch' or 'pretrained'")
         for role in ("teacher", "student"):
-            _check_model_name(role, getattr(self, role))
+            _check_model_name(role, getattr(self, role), paper_names=self.profile == "paper")
         embedded_student = self.student in EMBEDDED_SIZES
         if self.student_init == "scratch" and not embedded_student:
             raise ValueError(f"student_init='scratch' builds an embedded size; student={self.student!r} is a "
@@ -212,6 +212,7 @@ class RunConfig:
         if self.n_labelled > self.n_train:
             raise ValueError(f"n_labelled={self.n_labelled} must be <= n_train={self.n_train} (the labelled rows "
                              "are the first n_labelled of the n_train rows)")
+        self._check_user_task_validation()
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints={self.keep_checkpoints} must be >= 1 (the last good checkpoint "
                              "is what a resumed or failed run falls back on)")
@@ -232,35 +233,40 @@ class RunConfig:
         """A task folder of your own holds what it holds: n_train, n_prompts and n_labelled larger than its
         train.jsonl are cut to it (the config, its hash and result.json then say what runs), with a warning
         unless the value was the default; n_eval stays "at most" (result.json's n_scored says how many were
-        scored). A run that validates (select_checkpoint='validation', DistiLLM) finds its rows now, not
-        after its teacher and warm-up trained: validation.jsonl if the folder has one, else train.jsonl's
-        rows past n_train."""
+        scored)."""
         task = usertask.spec(self.task)
-        train = Path(task.path) / "train.jsonl"
         n_rows = usertask.row_count(self.task, "train")
         cut = {}
         if self.n_train > n_rows:
             cut["n_train"] = n_rows
-        n_train = cut.get("n_train", self.n_train)
-        if self.n_prompts >= n_train:
+        if self.n_prompts > n_rows:
             cut["n_prompts"] = 0  # 0 = all n_train
-        if self.n_labelled >= n_train:
+        if n_rows < self.n_labelled <= self.n_train:  # (n_labelled > n_train is an error below)
             cut["n_labelled"] = 0  # 0 = all n_train
         defaults = _defaults()
         said = [f"{k}={getattr(self, k)} → {v}" + (" (all)" if v == 0 else "") for k, v in cut.items()
                 if getattr(self, k) != defaults[k]]
         if said:
-            warnings.warn(f"{train} has {n_rows} rows: " + ", ".join(said)
+            warnings.warn(f"{Path(task.path) / 'train.jsonl'} has {n_rows} rows: " + ", ".join(said)
                           + (" — every row is labelled now" if "n_labelled" in cut else ""),
                           stacklevel=names.stacklevel_outside_kdlib())
         for k, v in cut.items():
             object.__setattr__(self, k, v)
+
+    def _check_user_task_validation(self) -> None:
+        """A run that validates (select_checkpoint='validation', DistiLLM) on a task folder finds its rows now,
+        not after its teacher and warm-up trained: validation.jsonl if the folder has one, else train.jsonl's
+        rows past n_train."""
+        task = self.user_task
         validates = self.select_checkpoint == "validation" or self.resolved["source"] == "distillm"
-        if validates and "validation" not in task.splits and self.n_train >= n_rows:
+        if task is None or not validates or "validation" in task.splits:
+            return
+        n_rows = usertask.row_count(self.task, "train")
+        if self.n_train >= n_rows:
             why = "select_checkpoint='validation'" if self.select_checkpoint == "validation" else "DistiLLM's schedule"
             raise ValueError(f"{why} needs held-out validation rows: {task.path} has no validation.jsonl, and "
-                             f"{train} has no rows past n_train={self.n_train} (it has {n_rows}); add a "
-                             "validation.jsonl, or set n_train below the file's rows")
+                             f"{Path(task.path) / 'train.jsonl'} has no rows past n_train={self.n_train} (it has "
+                             f"{n_rows}); add a validation.jsonl, or set n_train below the file's rows")
 
     @property
     def resolved(self) -> dict[str, Any]:
@@ -310,6 +316,9 @@ class RunConfig:
         task = self.user_task
         if task is not None:  # your own data: its name and content, wherever the folder lies
             d["task"] = f"{task.name}@{task.digest}"
+            validates = self.select_checkpoint == "validation" or self.resolved["source"] == "distillm"
+            if validates and "validation" in task.splits:  # selected on validation.jsonl, not train.jsonl's tail
+                d["validation_rows"] = "validation.jsonl"
         return d
 
     @property
@@ -397,7 +406,8 @@ def _check_types(cfg) -> None:
             raise ValueError(f"{f.name}={value!r} must be {expected}, not {type(value).__name__}")
 
 
-def _check_model_name(role: str, name: str, local: str | None = None, check_offline: bool = False) -> None:
+def _check_model_name(role: str, name: str, local: str | None = None, check_offline: bool = False,
+                      paper_names: bool = False) -> None:
     """Fail now, not after a minute of trying the hub: a typo of an embedded size, a path that does not
     exist, or (`check_offline`, with HF_HUB_OFFLINE set) a hub name that is not in the local cache. `local` is
     where the name is read from when that differs (the paper profile's copies under $KDLIB_MODELS)."""
@@ -417,7 +427,7 @@ def _check_model_name(role: str, name: str, local: str | None = None, check_offl
         return
     if local.startswith(("/", "./", "../", "~")) or path.exists():
         raise ValueError(f"{role}={name!r}: no model directory at {path} ({known})")
-    if "/" in local and Path(local.split("/")[0]).is_dir():  # mymodels/student with ./mymodels here: a typo
+    if not paper_names and "/" in local and Path(local.split("/")[0]).is_dir():  # mymodels/x, ./mymodels here
         raise ValueError(f"{role}={name!r}: no model directory at {path.resolve()}, though "
                          f"{local.split('/')[0]}/ exists here; a hub name would be tried otherwise ({known})")
     if check_offline and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):

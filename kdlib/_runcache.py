@@ -7,7 +7,6 @@ finished run once its result.json is written (last, atomically).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -37,34 +36,26 @@ def run_hash(cfg: RunConfig) -> str:
         local = {n: paper.model_path(n) for n in (cfg.teacher, cfg.student) if paper.model_path(n) != n}
         if local:
             d["model_paths"] = local
-    folders = {role: model_folder_digest(getattr(cfg, role)) for role in ("teacher", "student")
-               if getattr(cfg, role) not in EMBEDDED_SIZES and Path(getattr(cfg, role)).expanduser().is_dir()}
+    folders = {role: model_folder_digest(name) for role, name in (("teacher", cfg.teacher), ("student", cfg.student))
+               if name not in EMBEDDED_SIZES and Path(name).expanduser().is_dir()
+               and (cfg.profile == "embedded" or name.startswith(("/", "./", "../", "~")))}  # (paper: hub ids)
     if folders:  # a local model folder of your own: overwrite it and the runs from it train again
         d["model_folders"] = folders
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def model_folder_digest(folder: str) -> str:
-    """A local model folder's fingerprint, from its content: config.json and, per weight file, its size and
-    its first and last MiB (a retrained model differs there; reading every byte of a 7B model would take a
-    minute per config)."""
+    """A local model folder's fingerprint: config.json's content and every file's name, size and modification
+    time. A model saved again in place (retrained, even partly) changes it; reading every byte of a 7B model's
+    weights would take a minute per config. (A copy elsewhere is another path, hence another run anyway.)"""
     path = Path(folder).expanduser().resolve()
-    stamps = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.iterdir()) if p.is_file())
-    return _folder_digest(str(path), stamps)
-
-
-@functools.lru_cache(maxsize=32)
-def _folder_digest(path: str, stamps: tuple) -> str:
     h = hashlib.sha256()
-    for name, size, _ in stamps:
-        f = Path(path) / name
-        if name == "config.json":
-            h.update(name.encode() + b"\0" + f.read_bytes())
-        elif f.suffix in (".safetensors", ".bin", ".pt", ".pth", ".gguf"):
-            with open(f, "rb") as fh:
-                head = fh.read(2**20)
-                fh.seek(max(0, size - 2**20))
-                h.update(name.encode() + b"\0" + str(size).encode() + head + fh.read())
+    for p in sorted(path.iterdir()):  # the folder's own files (not, e.g., an eval/ folder scoring wrote)
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    if (path / "config.json").is_file():
+        h.update((path / "config.json").read_bytes())
     return h.hexdigest()[:12]
 
 

@@ -44,9 +44,16 @@ class PairedDifference:
         return NOT_SEPARATED
 
     def describe(self, a: str, b: str) -> str:
-        return (f"{a} {self.mean_a:.3f} vs {b} {self.mean_b:.3f}, paired difference {self.diff:+.3f} "
-                f"[95 % CI {self.low:+.3f}, {self.high:+.3f}] over {self.n_seeds} seed(s) × {self.n_items} items "
-                f"→ {self.verdict}")
+        return (f"{a} {self.mean_a:.3f} vs {b} {self.mean_b:.3f}, paired difference {signed(self.diff)} "
+                f"[95 % CI {signed(self.low)}, {signed(self.high)}] over {self.n_seeds} seed(s) × {self.n_items} "
+                f"items → {self.verdict}")
+
+
+def signed(x: float) -> str:
+    """A difference as +0.012; a bound that would print as ±0.000 keeps two significant digits (+0.00031), so
+    an interval printed as touching zero never carries a verdict that says it does not."""
+    text = f"{x:+.3f}"
+    return f"{x:+.2g}" if x != 0 and float(text) == 0 else text
 
 
 def paired_bootstrap(a, b, *, n_boot: int = 4000, level: float = 0.95, seed: int = 0) -> PairedDifference:

@@ -252,6 +252,9 @@ def test_a_folder_that_is_no_model_or_a_mistyped_relative_path_is_named(tmp_path
     with pytest.raises(ValueError, match=r"student='mymodels/student': no model directory at .*mymodels/student, "
                                          r"though mymodels/ exists here"):
         RunConfig(teacher="smollm2", student="mymodels/student", student_init="pretrained")
+    (tmp_path / "Qwen").mkdir()  # the paper profile names hub ids: an org-named folder here changes nothing
+    RunConfig(profile="paper", task="gsm8k", teacher="Qwen/Qwen2.5-7B-Instruct", student="Qwen/Qwen2.5-0.5B-Instruct",
+              student_init="pretrained")
 
 
 def test_a_local_model_folder_is_cached_by_its_content_not_only_its_path(tmp_path):

@@ -162,3 +162,33 @@ def test_seeds_needed_says_when_only_more_items_would_help():
     assert seeds_needed(a, b, effect=0.5).seeds == 2  # a large effect: the minimum
     with pytest.raises(ValueError, match="at least 2 seeds"):
         seeds_needed(a[:1], b[:1])
+
+
+def test_a_bound_that_rounds_to_zero_keeps_its_sign_and_digits():
+    from kdlib._stats import signed
+
+    assert signed(0.0123) == "+0.012" and signed(-0.0004) == "-0.0004" and signed(0.00031) == "+0.00031"
+    assert signed(0.0) == "+0.000"
+    r = paired_bootstrap(np.full((3, 50), 0.5004), np.full((3, 50), 0.5))  # +0.0004 everywhere: reproduced
+    assert r.verdict == REPRODUCED and "[95 % CI +0.0004, +0.0004]" in r.describe("a", "b")
+
+
+def _per_seed(values_a, values_b):
+    return pd.DataFrame([{"seed": s, "m": m, "v": v} for m, vals in (("a", values_a), ("b", values_b))
+                         for s, v in enumerate(vals)])
+
+
+def test_two_seeds_give_no_interval_and_no_verdict_on_the_claim():
+    from kdlib.notebook import seed_claim
+
+    line = seed_claim(_per_seed([0.60, 0.70], [0.50, 0.55]), "m", "a", "b", value="v", paper="claim")
+    assert "difference per seed +0.100, +0.150 (2 seed(s): too few for an interval) → the same direction on every " \
+           "seed, not a verdict" in line and "reproduced" not in line
+    mixed = seed_claim(_per_seed([0.60, 0.50], [0.50, 0.55]), "m", "a", "b", value="v", paper="claim")
+    assert mixed.endswith("→ not separated, not a verdict on the paper's claim")
+    apart = seed_claim(_per_seed([0.60, 0.70], [0.50, 0.65]), "m", "a", "b", value="v", paper="c", paired=False)
+    assert "→ not separated" in apart  # unpaired: 0.60 < 0.65, the groups overlap
+    five = seed_claim(_per_seed([0.6, 0.7, 0.65, 0.62, 0.68], [0.5, 0.55, 0.52, 0.5, 0.56]), "m", "a", "b",
+                      value="v", paper="claim", paired=False)
+    assert "difference (unpaired, the two groups resampled apart) +0.124" in five and five.endswith("→ reproduced")
+    assert "paired difference" not in five

@@ -106,6 +106,18 @@ def test_sizes_beyond_the_files_are_cut_to_them_with_a_warning_and_recorded(tmp_
     assert default.n_train == 40 and fits.replace(seed=1).n_train == 30
 
 
+def test_sizes_that_fit_the_file_are_left_alone_and_inconsistent_ones_still_refused(tmp_path):
+    task = write_task(tmp_path / "mine")  # 40 train rows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = load_config(None, [f"task={task}", "n_train=40", "n_prompts=40", "n_labelled=40"])
+    assert (cfg.n_train, cfg.n_prompts, cfg.n_labelled) == (40, 40, 40)
+    with pytest.raises(ValueError, match=r"n_labelled=1000 must be <= n_train=40"):
+        load_config(None, [f"task={task}", "n_train=40", "n_labelled=1000"])
+    with pytest.raises(ValueError, match="eval_every >= 1"):  # the config's own error before the folder's
+        load_config(None, [f"task={task}", "method=distillm", "eval_every=0"])
+
+
 def test_a_run_that_validates_finds_its_rows_before_anything_trains(tmp_path):
     from kdlib._rows import validation_rows
 
@@ -118,9 +130,12 @@ def test_a_run_that_validates_finds_its_rows_before_anything_trains(tmp_path):
     cfg = load_config(None, [f"task={task}", "method=distillm", "n_train=30", "eval_every=5"])
     past = usertask.load_rows(str(task), "train")[30:]
     assert [r["prompt"] for r in validation_rows(cfg)] == [r["prompt"] for r in past]
+    before = run_hash(cfg)
     (task / "validation.jsonl").write_text((task / "hard.jsonl").read_text())  # a validation split of its own
     cfg = load_config(None, [f"task={task}", "method=distillm", "n_train=40", "eval_every=5"])
     assert [r["id"] for r in validation_rows(cfg)] == [r["id"] for r in usertask.load_rows(str(task), "validation")]
+    assert "validation_rows" in cfg.key_fields() and run_hash(cfg) != before
+    assert "validation_rows" not in load_config(None, [f"task={task}", "method=kd"]).key_fields()  # no selection
 
 
 def test_rows_longer_than_the_pairs_context_are_named_before_training(tmp_path, caplog):
@@ -151,6 +166,8 @@ def test_the_cli_distils_on_your_task_with_a_tokenizer_built_from_it(tmp_path, m
     assert {"score_test", "score_hard", "score_test_t1"} <= set(printed)
     result = json.loads((out / "result.json").read_text())
     assert result["task_name"] == "apples" and result["task_digest"] == usertask.spec(str(task)).digest
+    # n_eval=4 of test's 6 rows; hard has 4: what was scored, per split and decoding
+    assert result["n_eval"] == 4 and result["n_scored"] == {"test": 4, "test_t1": 4, "hard": 4}
     tok = AutoTokenizer.from_pretrained(out)  # the BPE learnt from the task travels with the model
     text = "7 * 6 = 42 . The answer is 42"
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text

@@ -111,7 +111,8 @@ def gain_grows_claim(results: list[dict], better: str, worse: str, *, paper: str
 
     r = stats.gain_gap(gains(present[-1]), gains(present[0]))
     return (f"{paper}: {better} − {worse} is {r.mean_a:+.3f} on responses of {present[-1]} words and {r.mean_b:+.3f} "
-            f"on {present[0]} words; their difference {r.diff:+.3f} [95 % CI {r.low:+.3f}, {r.high:+.3f}] over "
+            f"on {present[0]} words; their difference {stats.signed(r.diff)} [95 % CI {stats.signed(r.low)}, "
+            f"{stats.signed(r.high)}] over "
             f"{r.n_seeds} seed(s) → {r.verdict}")
 
 
@@ -127,8 +128,11 @@ def paired_claims(table: pd.DataFrame, paper: str) -> list[str]:
     """One claim line per row of `paired_table`, prefixed with what the paper claims."""
     return [f"{paper} [{(r.group + ', ') if 'group' in table else ''}{r.eval}, {r.decoding}]: "
             f"{r.better} {r.mean_better:.3f} vs {r.worse} {r.mean_worse:.3f}, "
-            f"paired difference {r.difference:+.3f} [95 % CI {r.ci_low:+.3f}, {r.ci_high:+.3f}] over {r.seeds} "
-            f"seed(s) × {r.items} items → {r.verdict}" for r in table.itertuples()]
+            f"paired difference {stats.signed(r.difference)} [95 % CI {stats.signed(r.ci_low)}, "
+            f"{stats.signed(r.ci_high)}] over {r.seeds} "
+            f"seed(s) × {r.items} items → {r.verdict}"
+            + (f" ({r.seeds} seed(s): the interval is over items, not over warm-ups)" if r.seeds < MIN_INTERVAL_SEEDS
+               else "") for r in table.itertuples()]
 
 
 def seed_claim(df: pd.DataFrame, by: str, better: Hashable, worse: Hashable, *, value: str = "score", paper: str = "",
@@ -138,6 +142,9 @@ def seed_claim(df: pd.DataFrame, by: str, better: Hashable, worse: Hashable, *, 
     two groups share each seed's warm-up (`paired`), else resampled independently (e.g. two tasks)."""
     a = df[df[by] == better].groupby("seed")[value].mean()
     b = df[df[by] == worse].groupby("seed")[value].mean()
+    if paired and 0 < len(set(a.index) & set(b.index)) < MIN_INTERVAL_SEEDS or not paired and 0 < min(len(a), len(b)) \
+            < MIN_INTERVAL_SEEDS:
+        return f"{paper}: {_few_seeds(a, b, str(better), str(worse), paired)}"
     try:
         if paired:
             seeds = sorted(set(a.index) & set(b.index))
@@ -149,7 +156,32 @@ def seed_claim(df: pd.DataFrame, by: str, better: Hashable, worse: Hashable, *, 
     except ValueError as e:
         return f"{paper}: {e}"
     text = r.describe(str(better), str(worse)).replace(f" × {r.n_items} items", "")
-    return f"{paper}: {text}" + ("" if paired else " (unpaired)")
+    if not paired:
+        text = text.replace("paired difference", "difference (unpaired, the two groups resampled apart)", 1)
+    return f"{paper}: {text}"
+
+
+MIN_INTERVAL_SEEDS = 3
+"""Fewer seeds than this give no interval over seeds: a percentile bootstrap of two values is their range."""
+
+
+def _few_seeds(a: pd.Series, b: pd.Series, better: str, worse: str, paired: bool) -> str:
+    """Too few seeds for an interval: every seed's numbers, and whether all of them point the same way."""
+    if paired:
+        seeds = sorted(set(a.index) & set(b.index))
+        d = a.loc[seeds] - b.loc[seeds]
+        shown = ", ".join(stats.signed(v) for v in d)
+        low, high = d.min(), d.max()
+        what = f"difference per seed {shown}"
+        n = len(seeds)
+    else:
+        low, high = a.min() - b.max(), a.max() - b.min()
+        what = f"{better} per seed {', '.join(f'{v:.3f}' for v in a)}, {worse} {', '.join(f'{v:.3f}' for v in b)}"
+        n = min(len(a), len(b))
+    verdict = ("the same direction on every seed" if low > 0 else "reversed on every seed" if high < 0 else
+               "not separated")
+    return (f"{better} {a.mean():.3f} vs {worse} {b.mean():.3f}, {what} ({n} seed(s): too few for an interval) "
+            f"→ {verdict}, not a verdict on the paper's claim")
 
 
 def save_claims(claims: list[str], out_dir: str | Path, name: str = "claims") -> None:
