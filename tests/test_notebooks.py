@@ -97,14 +97,15 @@ def test_score_table_has_mean_and_spread_per_set():
         return r if plus is None else {**r, "score_plus": plus}
 
     res = [result("kd", 0, 0.5, 0.2), result("kd", 1, 0.7, 0.4), result("sft", 0, 0.1, 0.0),
-           result("sft", 1, 0.3, 0.0), {**result("sft", 0, 0.9), "task": "summ"}]
+           result("sft", 1, 0.3, 0.0), {**result("sft", 0, 0.9), "task": "summ"}, result("sft", 2, 0.2, 0.1)]
     t = score_table(res, ["sft", "kd"]).set_index("method")
     assert list(t.index) == ["sft", "kd"]
-    assert list(t.columns) == ["arith/test", "arith/test sd", "arith/plus", "arith/plus sd", "summ/test",
+    assert list(t.columns) == ["seeds", "arith/test", "arith/test sd", "arith/plus", "arith/plus sd", "summ/test",
                                "summ/test sd"]
+    assert t["seeds"].tolist() == [3, 2]  # sft ran on a seed kd did not: its mean is over other warm-ups
     assert t.loc["kd", "arith/test"] == pytest.approx(0.6)
     assert t.loc["kd", "arith/test sd"] == pytest.approx(0.1414, abs=1e-4)
-    assert t.loc["sft", "arith/plus sd"] == 0.0 and t.loc["sft", "summ/test"] == 0.9
+    assert t.loc["sft", "arith/plus sd"] == pytest.approx(0.0577, abs=1e-4) and t.loc["sft", "summ/test"] == 0.9
     assert t["summ/test sd"].isna().all() and t.loc["kd"].drop(["summ/test", "summ/test sd"]).notna().all()
 
 

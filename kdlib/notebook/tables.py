@@ -39,14 +39,17 @@ def scores_long(results: list[dict]) -> pd.DataFrame:
 
 
 def score_table(results: list[dict], methods: list[str], by: tuple = ("method",)) -> pd.DataFrame:
-    """Methods x (task / evaluation set): per set a column with the mean over seeds and one "<set> sd"
-    with their standard deviation (empty with one seed), methods in the given order."""
+    """Methods x (task / evaluation set): the number of seeds behind each row (`seeds`: a table may mix
+    methods run on 5 seeds with ones on 2, whose means are then not comparable), and per set a column with
+    the mean over seeds and one "<set> sd" with their standard deviation across seeds (empty with one
+    seed), methods in the given order."""
     long = scores_long(results)
     stats = long.groupby(list(by) + ["set"], sort=False)["score"].agg(["mean", "std"])
     table = stats.unstack("set")
     sets = list(dict.fromkeys(long["set"]))  # first-seen order
-    table = pd.concat({c: table[(stat, s)] for s in sets
-                       for c, stat in ((s, "mean"), (f"{s} sd", "std"))}, axis=1)
+    table = pd.concat({"seeds": long.groupby(list(by), sort=False)["seed"].nunique(),
+                       **{c: table[(stat, s)] for s in sets for c, stat in ((s, "mean"), (f"{s} sd", "std"))}},
+                      axis=1)
     if list(by) == ["method"]:
         table = table.reindex([m for m in methods if m in table.index])
     return table.reset_index()
