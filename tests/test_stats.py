@@ -192,3 +192,19 @@ def test_two_seeds_give_no_interval_and_no_verdict_on_the_claim():
                       value="v", paper="claim", paired=False)
     assert "difference (unpaired, the two groups resampled apart) +0.124" in five and five.endswith("→ reproduced")
     assert "paired difference" not in five
+
+
+def test_items_difference_pairs_by_id_and_gives_no_verdict():
+    from kdlib.notebook import items_difference
+
+    g = np.random.default_rng(3)
+    base = pd.Series(g.uniform(0, 1, 400), index=[f"i{k}" for k in range(400)])
+    same = items_difference(base + g.normal(0, 0.05, 400), base, "a", "b")
+    shifted = items_difference((base + 0.1)[::-1], base, "a", "b", what="w")  # other order: paired by id
+    assert "over 400 items" in same and "→" not in same and "reproduced" not in same
+    low = float(same.split("[95 % CI ")[1].split(",")[0])
+    high = float(same.split("[95 % CI ")[1].split(", ")[1].split("]")[0])
+    assert low < 0 < high
+    assert shifted.startswith("w: a ") and "difference +0.100 [95 % CI +0.100, +0.100]" in shifted
+    with pytest.raises(ValueError, match="share no scored item"):
+        items_difference(base, pd.Series([1.0], index=["x"]), "a", "b")

@@ -184,6 +184,19 @@ def _few_seeds(a: pd.Series, b: pd.Series, better: str, worse: str, paired: bool
             f"→ {verdict}, not a verdict on the paper's claim")
 
 
+def items_difference(a: pd.Series, b: pd.Series, a_name: str, b_name: str, *, what: str = "") -> str:
+    """`a` − `b` over the items both scored (two Series of per-item scores indexed by item id), with its 95 %
+    bootstrap interval over items, and no verdict: for two runs that should agree (one trainer against
+    another), where "reproduced" would name the wrong question. One seed: the interval is over items only."""
+    shared = a.index.intersection(b.index)
+    if len(shared) == 0:
+        raise ValueError(f"{a_name} and {b_name} share no scored item")
+    r = stats.paired_bootstrap(a.loc[shared].to_numpy()[None], b.loc[shared].to_numpy()[None])
+    return (f"{what + ': ' if what else ''}{a_name} {r.mean_a:.3f} vs {b_name} {r.mean_b:.3f}, difference "
+            f"{stats.signed(r.diff)} [95 % CI {stats.signed(r.low)}, {stats.signed(r.high)}] over {len(shared)} "
+            "items (one run each: the interval is over items, not over seeds)")
+
+
 def save_claims(claims: list[str], out_dir: str | Path, name: str = "claims") -> None:
     """The notebook's claim lines, as Markdown beside its figures (quoted by the README)."""
     out = Path(out_dir)
