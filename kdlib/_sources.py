@@ -20,6 +20,7 @@ import torch
 from kdlib import _workload as workload
 from kdlib._data import SequenceBatch, encode_batch, encode_prompts
 from kdlib._evaluate import greedy_decode, sample_decode
+from kdlib._loss import response_logits
 
 
 @dataclass
@@ -36,6 +37,38 @@ class StepContext:
     keep_teacher_logits: bool = True
     rank: int = 0  # this process
     world: int = 1  # number of processes: each takes its own slice of the step's rows
+    teacher_cache: Optional[TeacherLogitCache] = None  # cache_teacher_logits: fixed rows' teacher logits
+
+
+class TeacherLogitCache:
+    """The teacher's logits over each labelled row's response, from one forward of that row alone (so the
+    same for the row in any batch, at any step, after a resume), kept for the run: a fixed-data step then
+    costs no teacher forward. Keyed by the row's prompt and response."""
+
+    def __init__(self):
+        self.rows: dict[tuple[str, str], torch.Tensor] = {}
+
+    def logits(self, ctx: StepContext, rows: list[dict], batch: SequenceBatch) -> tuple[torch.Tensor, int]:
+        """(B, N, V) teacher logits aligned with `batch`'s response columns (zeros past a row's response,
+        where response_mask is False), and how many rows needed their forward now."""
+        filled = 0
+        for r in rows:
+            key = (r["prompt"], r["response"])
+            if key not in self.rows:
+                alone = encode_batch(ctx.tokenizer, [r["prompt"]], [r["response"]], ctx.max_new_tokens).to(ctx.device)
+                with torch.no_grad():
+                    self.rows[key] = response_logits(ctx.teacher, alone)[0]  # (n_row, V)
+                filled += 1
+        P, N = batch.prompt_length, batch.input_ids.shape[1] - batch.prompt_length
+        first = self.rows[(rows[0]["prompt"], rows[0]["response"])]
+        out = first.new_zeros((len(rows), N, first.shape[-1]))  # (B, N, V)
+        for b, r in enumerate(rows):
+            cached = self.rows[(r["prompt"], r["response"])]
+            if int(batch.response_mask[b, P:].sum()) != cached.shape[0]:
+                raise RuntimeError(f"teacher logit cache: row {b} has {int(batch.response_mask[b, P:].sum())} "
+                                   f"response tokens in the batch and {cached.shape[0]} alone")
+            out[b, :cached.shape[0]] = cached
+        return out, filled
 
 
 class RowPicker:
@@ -103,8 +136,12 @@ class Source:
 
     def fixed(self, ctx, k, field_name="response") -> SequenceBatch:
         rows = self.take_rows(ctx, k, labelled=field_name == "response")
-        return encode_batch(ctx.tokenizer, [r["prompt"] for r in rows], [r[field_name] for r in rows],
-                            ctx.max_new_tokens).to(ctx.device)
+        batch = encode_batch(ctx.tokenizer, [r["prompt"] for r in rows], [r[field_name] for r in rows],
+                             ctx.max_new_tokens).to(ctx.device)
+        if ctx.teacher_cache is not None and field_name == "response":
+            batch.teacher_logits, filled = ctx.teacher_cache.logits(ctx, rows, batch)
+            batch.stats = {"teacher_forwards": filled}
+        return batch
 
     def sampled(self, ctx, k) -> SequenceBatch:
         rows = self.take_rows(ctx, k)

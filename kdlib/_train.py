@@ -19,12 +19,13 @@ import torch
 from tqdm.auto import tqdm
 
 from kdlib import _checkpoints as checkpoints
+from kdlib import _divergences as divergences
 from kdlib._config import RunConfig
 from kdlib._data import SequenceBatch
 from kdlib._io import atomic_path
 from kdlib._loss import Forwards, sequence_loss_sum
 from kdlib._models import keep_freed_memory
-from kdlib._sources import Source, StepContext
+from kdlib._sources import Source, StepContext, TeacherLogitCache
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,9 @@ class Trainer:
             self.teacher = teacher.to(self.acc.device)
         self.ctx = StepContext(tokenizer, self.acc.unwrap_model(self.student), self.teacher, sampler,
                                cfg.max_new_tokens, cfg.sample_temperature, self.acc.device,
-                               rank=self.acc.process_index, world=self.acc.num_processes)
+                               rank=self.acc.process_index, world=self.acc.num_processes,
+                               teacher_cache=TeacherLogitCache() if cfg.cache_teacher_logits and self.teacher
+                               is not None and divergences.needs_teacher(cfg.resolved["divergence"]) else None)
         self.state = TrainState()
 
     # ---- one optimizer step -------------------------------------------------------------------
@@ -136,6 +139,8 @@ class Trainer:
                 if used == "sampler":
                     stats = _merge_stats(stats, self.source.last_stats)
                     self.state.forwards.add_rollout(self.source.last_stats)
+                elif b.stats:  # fixed rows whose teacher logits the cache computed now
+                    self.state.forwards.add_rollout(b.stats)
                 batches.append(b)
         self.student.train()
         return batches, used, stats

@@ -169,12 +169,13 @@ def test_inf_gradient_with_a_finite_loss_stops_before_the_update(tokenizer, arit
     assert checkpoints.list_checkpoints(tmp_path / "checkpoints")[-1].name == "step-000002.pt"
 
 
-@pytest.mark.parametrize("method", ["onpolicy", "gkd"])
+@pytest.mark.parametrize("method", ["onpolicy", "gkd", "gkd+cache"])
 def test_interrupted_run_resumes_to_the_same_weights_and_metrics(method, tokenizer, arith_rows, tmp_path):
     """A run killed after step 2 and resumed from its checkpoint ends exactly like one never stopped:
-    model, optimizer, scheduler, the source's generators and data position all restored."""
-    cfg = RunConfig(method=method, batch_size=4, steps=4, checkpoint_every=2, max_new_tokens=24,
-                    student_data_fraction=0.5, lr=1e-2)
+    model, optimizer, scheduler, the source's generators and data position all restored (with
+    cache_teacher_logits, the resumed process refills its cache with the same per-row logits)."""
+    cfg = RunConfig(method=method.split("+")[0], batch_size=4, steps=4, checkpoint_every=2, max_new_tokens=24,
+                    student_data_fraction=0.5, lr=1e-2, cache_teacher_logits=method.endswith("+cache"))
     full = make_trainer(cfg, tokenizer, arith_rows, tmp_path / "full")
     full.fit()
 
@@ -187,7 +188,8 @@ def test_interrupted_run_resumes_to_the_same_weights_and_metrics(method, tokeniz
         assert torch.equal(a, b)
     key = lambda rows: [(r["step"], r["loss"], r["source"], r["tokens"]) for r in rows]  # noqa: E731
     assert key(full.state.metrics) == key(second.state.metrics)
-    assert full.state.forwards == second.state.forwards
+    if not cfg.cache_teacher_logits:  # (a resumed process computes its cache's rows again)
+        assert full.state.forwards == second.state.forwards
 
 
 def test_interrupted_distillm_run_resumes_with_its_schedule_and_replay_buffer(tokenizer, arith_rows, tmp_path):
@@ -650,3 +652,42 @@ def test_the_seqkd_source_samples_the_teacher_at_the_run_temperature(tokenizer, 
     responses = {name: [r["teacher_response"] for r in src.rows]
                  for name, src in (("seed 3", sampled), ("seed 4", other), ("greedy", greedy))}
     assert responses["seed 3"] != responses["seed 4"] and responses["seed 3"] != responses["greedy"]
+
+
+def test_cached_teacher_logits_are_each_rows_own_forward_and_spare_the_teacher(tokenizer, arith_rows, tmp_path):
+    """cache_teacher_logits: a fixed-data batch reads each row's teacher logits from one forward of that row
+    alone (exactly), which the batched forward matches to rounding; the teacher runs once per distinct row,
+    not once per micro-batch, and the run trains as the uncached one does, up to that rounding."""
+    from kdlib._loss import response_logits
+
+    rows = arith_rows[:12]
+    base = dict(method="kd", batch_size=8, micro_batch_size=4, max_new_tokens=48, steps=6, lr=1e-3)
+    cached = make_trainer(RunConfig(**base, cache_teacher_logits=True), tokenizer, rows, tmp_path / "c")
+    batches, used, _ = cached.draw_step()
+    assert used == "data" and all(b.teacher_logits is not None for b in batches)
+    P = batches[0].prompt_length
+    for b in batches:
+        idx = [next(r for r in rows if encode_batch(tokenizer, [r["prompt"]], [r["response"]], 48).input_ids[0]
+                    .tolist() == b.input_ids[i][b.attention_mask[i].bool()].tolist()) for i in range(len(b.input_ids))]
+        for i, r in enumerate(idx):
+            alone = encode_batch(tokenizer, [r["prompt"]], [r["response"]], 48)
+            with torch.no_grad():
+                own = response_logits(cached.teacher, alone)[0]
+            n = int(b.response_mask[i, P:].sum())
+            assert torch.equal(b.teacher_logits[i, :n], own) and (b.teacher_logits[i, n:] == 0).all()
+        with torch.no_grad():
+            batched = response_logits(cached.teacher, b)
+        mask = b.response_mask[:, P:]
+        torch.testing.assert_close(b.teacher_logits[mask], batched[mask], atol=1e-4, rtol=1e-4)
+    cached = make_trainer(RunConfig(**base, cache_teacher_logits=True), tokenizer, rows, tmp_path / "c2")  # fresh
+    plain = make_trainer(RunConfig(**base), tokenizer, rows, tmp_path / "p")
+    cached.fit()
+    plain.fit()
+    assert cached.state.forwards.teacher == 12  # each of the 12 rows once (6 steps × 8 rows read them 4 times)
+    assert plain.state.forwards.teacher == 6 * 2  # one forward per micro-batch
+    assert cached.state.metrics[-1]["loss"] == pytest.approx(plain.state.metrics[-1]["loss"], rel=1e-3)
+    assert run_hash(RunConfig(**base)) != run_hash(RunConfig(**base, cache_teacher_logits=True))
+    assert "cache_teacher_logits" not in RunConfig(**base).key_fields()  # off: every cached run keeps its hash
+    with pytest.raises(ValueError, match="cache_teacher_logits keeps"):
+        RunConfig(profile="paper", task="gsm8k", teacher="Qwen/Qwen2.5-7B-Instruct", student="Qwen/Qwen2.5-0.5B",
+                  student_init="pretrained", cache_teacher_logits=True)
