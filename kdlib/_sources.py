@@ -43,27 +43,34 @@ class StepContext:
 class TeacherLogitCache:
     """The teacher's logits over each labelled row's response, from one forward of that row alone (so the
     same for the row in any batch, at any step, after a resume), kept for the run: a fixed-data step then
-    costs no teacher forward. Keyed by the row's prompt and response."""
+    costs no teacher forward. Keyed by the row's prompt and response. Past `max_bytes` (a task folder of
+    40 000 rows and a 2 000-token vocabulary would need gigabytes) new rows are still computed alone, the
+    same logits, but not kept: the run is the same, only slower."""
 
-    def __init__(self):
+    def __init__(self, max_bytes: int = 2 * 2**30):
         self.rows: dict[tuple[str, str], torch.Tensor] = {}
+        self.max_bytes, self.bytes = max_bytes, 0
 
     def logits(self, ctx: StepContext, rows: list[dict], batch: SequenceBatch) -> tuple[torch.Tensor, int]:
         """(B, N, V) teacher logits aligned with `batch`'s response columns (zeros past a row's response,
         where response_mask is False), and how many rows needed their forward now."""
-        filled = 0
+        filled, now = 0, {}
         for r in rows:
             key = (r["prompt"], r["response"])
-            if key not in self.rows:
+            if key not in self.rows and key not in now:
                 alone = encode_batch(ctx.tokenizer, [r["prompt"]], [r["response"]], ctx.max_new_tokens).to(ctx.device)
                 with torch.no_grad():
-                    self.rows[key] = response_logits(ctx.teacher, alone)[0]  # (n_row, V)
+                    now[key] = response_logits(ctx.teacher, alone)[0]  # (n_row, V)
                 filled += 1
+                size = now[key].numel() * now[key].element_size()
+                if self.bytes + size <= self.max_bytes:
+                    self.rows[key], self.bytes = now[key], self.bytes + size
         P, N = batch.prompt_length, batch.input_ids.shape[1] - batch.prompt_length
-        first = self.rows[(rows[0]["prompt"], rows[0]["response"])]
+        found = lambda r: self.rows.get((r["prompt"], r["response"]), now.get((r["prompt"], r["response"])))  # noqa: E731
+        first = found(rows[0])
         out = first.new_zeros((len(rows), N, first.shape[-1]))  # (B, N, V)
         for b, r in enumerate(rows):
-            cached = self.rows[(r["prompt"], r["response"])]
+            cached = found(r)
             if int(batch.response_mask[b, P:].sum()) != cached.shape[0]:
                 raise RuntimeError(f"teacher logit cache: row {b} has {int(batch.response_mask[b, P:].sum())} "
                                    f"response tokens in the batch and {cached.shape[0]} alone")

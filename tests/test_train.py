@@ -691,3 +691,17 @@ def test_cached_teacher_logits_are_each_rows_own_forward_and_spare_the_teacher(t
     with pytest.raises(ValueError, match="cache_teacher_logits keeps"):
         RunConfig(profile="paper", task="gsm8k", teacher="Qwen/Qwen2.5-7B-Instruct", student="Qwen/Qwen2.5-0.5B",
                   student_init="pretrained", cache_teacher_logits=True)
+
+
+def test_a_full_teacher_logit_cache_computes_new_rows_alone_without_keeping_them(tokenizer, arith_rows, tmp_path):
+    cfg = RunConfig(method="kd", batch_size=8, micro_batch_size=4, max_new_tokens=48, steps=2,
+                    cache_teacher_logits=True)
+    kept = make_trainer(cfg, tokenizer, arith_rows[:12], tmp_path / "kept")
+    full = make_trainer(cfg, tokenizer, arith_rows[:12], tmp_path / "full")
+    full.ctx.teacher_cache.max_bytes = 0  # nothing fits: every row computed alone at every use
+    a, _, _ = kept.draw_step()
+    b, _, _ = full.draw_step()
+    for x, y in zip(a, b):
+        assert torch.equal(x.teacher_logits, y.teacher_logits)  # the same run, only slower
+    assert len(kept.ctx.teacher_cache.rows) == 8 and full.ctx.teacher_cache.rows == {}
+    assert sum(y.stats["teacher_forwards"] for y in b) == 8
