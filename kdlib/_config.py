@@ -145,7 +145,9 @@ class RunConfig:
     labelled row from a cache filled by one forward of that row alone, instead of a teacher forward per
     micro-batch: 0.22-0.40x the training time of a supervised-KD run (docs/reproduce.md). Exact per row, but
     not bit-identical to the batched forward (padding changes the kernels' blocking), so it is a different
-    run. Embedded profile only (a 152k vocabulary does not fit)."""
+    run. Embedded teacher sizes only (a 49k-152k vocabulary does not fit). The cache lives on the run's
+    device (at most 2 GiB; rows past it are computed alone each time) and a resumed process fills it again,
+    so its teacher_forwards count those rows twice."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every this many steps (0 = only at the end)."""
     keep_checkpoints: int = 2
@@ -229,9 +231,9 @@ class RunConfig:
         if self.batch_size % self.micro_batch_size_resolved:
             raise ValueError(f"batch_size={self.batch_size} is not a multiple of "
                              f"micro_batch_size={self.micro_batch_size}")
-        if self.cache_teacher_logits and self.profile == "paper":
+        if self.cache_teacher_logits and (self.profile == "paper" or self.teacher not in EMBEDDED_SIZES):
             raise ValueError("cache_teacher_logits keeps (rows, response, vocabulary) logits: for the embedded "
-                             "profile's 200-2 000-token vocabularies, not a paper pair's 32k-256k")
+                             f"sizes' 200-2 000-token vocabularies, not teacher={self.teacher!r}'s (32k-256k)")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype={self.dtype!r}: choose auto, float32 or bfloat16")
         names.validate_params(r["divergence"], **r["divergence_params"])

@@ -60,7 +60,7 @@ class TeacherLogitCache:
             if key not in self.rows and key not in now:
                 alone = encode_batch(ctx.tokenizer, [r["prompt"]], [r["response"]], ctx.max_new_tokens).to(ctx.device)
                 with torch.no_grad():
-                    now[key] = response_logits(ctx.teacher, alone)[0]  # (n_row, V)
+                    now[key] = response_logits(ctx.teacher, alone)[0].clone()  # (n_row, V), not a view
                 filled += 1
                 size = now[key].numel() * now[key].element_size()
                 if self.bytes + size <= self.max_bytes:

@@ -176,20 +176,24 @@ def test_interrupted_run_resumes_to_the_same_weights_and_metrics(method, tokeniz
     cache_teacher_logits, the resumed process refills its cache with the same per-row logits)."""
     cfg = RunConfig(method=method.split("+")[0], batch_size=4, steps=4, checkpoint_every=2, max_new_tokens=24,
                     student_data_fraction=0.5, lr=1e-2, cache_teacher_logits=method.endswith("+cache"))
-    full = make_trainer(cfg, tokenizer, arith_rows, tmp_path / "full")
+    rows = arith_rows[:6] if cfg.cache_teacher_logits else arith_rows  # cached rows read again after the stop
+    full = make_trainer(cfg, tokenizer, rows, tmp_path / "full")
     full.fit()
 
-    interrupt_after(make_trainer(cfg, tokenizer, arith_rows, tmp_path / "resumed"), 2)
+    interrupt_after(make_trainer(cfg, tokenizer, rows, tmp_path / "resumed"), 2)
     torch.manual_seed(1234)  # the resumed process starts with other global RNG state
-    second = make_trainer(cfg, tokenizer, arith_rows, tmp_path / "resumed")
+    second = make_trainer(cfg, tokenizer, rows, tmp_path / "resumed")
     checkpoints.load(second, checkpoints.latest(second))
     second.fit()
     for a, b in zip(full.student.parameters(), second.student.parameters()):
         assert torch.equal(a, b)
     key = lambda rows: [(r["step"], r["loss"], r["source"], r["tokens"]) for r in rows]  # noqa: E731
     assert key(full.state.metrics) == key(second.state.metrics)
-    if not cfg.cache_teacher_logits:  # (a resumed process computes its cache's rows again)
+    if not cfg.cache_teacher_logits:
         assert full.state.forwards == second.state.forwards
+    else:  # the resumed process computed again the rows its data steps read: more teacher forwards, same run
+        assert second.state.forwards.teacher >= full.state.forwards.teacher
+        assert {m["source"] for m in full.state.metrics[2:]} >= {"data"}  # rows of the cache read after the stop
 
 
 def test_interrupted_distillm_run_resumes_with_its_schedule_and_replay_buffer(tokenizer, arith_rows, tmp_path):
@@ -691,6 +695,17 @@ def test_cached_teacher_logits_are_each_rows_own_forward_and_spare_the_teacher(t
     with pytest.raises(ValueError, match="cache_teacher_logits keeps"):
         RunConfig(profile="paper", task="gsm8k", teacher="Qwen/Qwen2.5-7B-Instruct", student="Qwen/Qwen2.5-0.5B",
                   student_init="pretrained", cache_teacher_logits=True)
+    with pytest.raises(ValueError, match="not teacher='smollm2'"):
+        RunConfig(teacher="smollm2", student="smollm2-pruned", student_init="pretrained", cache_teacher_logits=True)
+    # no cache where the loss reads no teacher logits (SFT), and none for SeqKD's teacher-written rows
+    sft = make_trainer(RunConfig(method="sft", batch_size=4, steps=1, cache_teacher_logits=True), tokenizer, rows,
+                       tmp_path / "sft")
+    assert sft.ctx.teacher_cache is None
+    seqkd = make_trainer(RunConfig(method="seqkd", divergence="fkl", batch_size=4, steps=1, max_new_tokens=48,
+                                   cache_teacher_logits=True), tokenizer,
+                         [{**r, "teacher_response": r["response"]} for r in rows], tmp_path / "seqkd")
+    b = seqkd.source.fixed(seqkd.ctx, 4, "teacher_response")
+    assert seqkd.ctx.teacher_cache is not None and b.teacher_logits is None
 
 
 def test_a_full_teacher_logit_cache_computes_new_rows_alone_without_keeping_them(tokenizer, arith_rows, tmp_path):
