@@ -264,13 +264,17 @@ class RunConfig:
         for k, v in cut.items():
             object.__setattr__(self, k, v)
 
+    @property
+    def reads_validation_rows(self) -> bool:
+        """Whether the run reads held-out validation rows: to select its checkpoint, or for DistiLLM's schedule."""
+        return self.select_checkpoint == "validation" or self.resolved["source"] == "distillm"
+
     def _check_user_task_validation(self) -> None:
         """A run that validates (select_checkpoint='validation', DistiLLM) on a task folder finds its rows now,
         not after its teacher and warm-up trained: validation.jsonl if the folder has one, else train.jsonl's
         rows past n_train."""
         task = self.user_task
-        validates = self.select_checkpoint == "validation" or self.resolved["source"] == "distillm"
-        if task is None or not validates or "validation" in task.splits:
+        if task is None or not self.reads_validation_rows or "validation" in task.splits:
             return
         n_rows = usertask.row_count(self.task, "train")
         if self.n_train >= n_rows:
@@ -327,8 +331,7 @@ class RunConfig:
         task = self.user_task
         if task is not None:  # your own data: its name and content, wherever the folder lies
             d["task"] = f"{task.name}@{task.digest}"
-            validates = self.select_checkpoint == "validation" or self.resolved["source"] == "distillm"
-            if validates and "validation" in task.splits:  # selected on validation.jsonl, not train.jsonl's tail
+            if self.reads_validation_rows and "validation" in task.splits:  # validation.jsonl, not train's tail
                 d["validation_rows"] = "validation.jsonl"
         return d
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from kdlib._io import check_jsonl, json_lines
+from kdlib._io import check_jsonl, check_text, json_lines
 
 if TYPE_CHECKING:  # annotations only
     from collections.abc import Sequence
@@ -67,11 +67,7 @@ def _validate_row(row, where: str, fields) -> None:
         value = row.get(name) if isinstance(row, dict) else None
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{where}: field {name!r} must be a non-empty string, got {value!r}")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise ValueError(f"{where}: field {name!r} holds {value[e.start:e.end]!r} at character {e.start}, a "
-                             "lone UTF-16 surrogate (an escape like \\ud800 without its pair): not text") from None
+        check_text(value, where, name)
 
 
 def load_jsonl(path: str | Path, fields: Sequence[str] = REQUIRED_FIELDS) -> list[dict]:

@@ -189,7 +189,6 @@ def _warn_width_once(vs: int, vt: int, where: str = "divergences") -> None:
         )
 
 
-
 _warned_teacher_grad = False
 
 

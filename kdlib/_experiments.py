@@ -137,8 +137,7 @@ def _train_and_score(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) ->
     curve_rows = load_rows(cfg, cfg.eval_splits[0], cfg.n_eval, tok)
     for split in cfg.eval_splits[1:]:  # every evaluation set is readable before the first step, not after training
         load_rows(cfg, split, 1, tok)
-    val_rows = validation_rows(cfg, tok) if r["source"] == "distillm" or cfg.select_checkpoint == "validation" \
-        else None
+    val_rows = validation_rows(cfg, tok) if cfg.reads_validation_rows else None
     trainer = Trainer(cfg, student=student, teacher=teacher, tokenizer=tok, source=source,
                       mixed_precision="bf16" if dtype == torch.bfloat16 else "no",
                       sampler=sampler, run_dir=d, progress=progress,

@@ -33,6 +33,15 @@ def json_lines(path) -> Iterator[tuple[int, dict]]:
             yield i, obj
 
 
+def check_text(value: str, where: str, field: str) -> None:
+    """JSON may spell a lone UTF-16 surrogate ("\\ud800"), which no tokenizer can encode: name it here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{where}: field {field!r} holds {value[e.start:e.end]!r} at character {e.start}, a lone "
+                         "UTF-16 surrogate (an escape like \\ud800 without its pair): not text") from None
+
+
 def read_text(path) -> str:
     """A text file's contents as UTF-8; a file that is not names itself, its line and the byte."""
     raw = Path(path).read_bytes()

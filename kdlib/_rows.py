@@ -128,21 +128,21 @@ def check_row_lengths(cfg: RunConfig, tok) -> None:
         return
     for split in ("train", *cfg.eval_splits):
         rows = usertask.load_rows(cfg.task, split, cfg.n_train if split == "train" else cfg.n_eval)
-        long = []
-        for i, row in enumerate(rows):
-            n = len(tok(row["prompt"], add_special_tokens=False)["input_ids"])
-            if split == "train":
-                n += len(tok(row["response"], add_special_tokens=False)["input_ids"])
-            else:
-                n += cfg.max_new_tokens
-            if n > limit:
-                long.append((i, row["id"], n))
+        extra = _token_counts(tok, [r["response"] for r in rows]) if split == "train" else \
+            [cfg.max_new_tokens] * len(rows)
+        n = [a + b for a, b in zip(_token_counts(tok, [r["prompt"] for r in rows]), extra)]
+        long = [(i, row["id"], k) for i, (row, k) in enumerate(zip(rows, n)) if k > limit]
         if long:
             i, row_id, n = long[0]
             log.warning("%s/%s.jsonl: %d of %d rows are longer than the pair's context of %d positions (the first: "
                         "row %d, id %r, %d tokens%s); shorten them, or expect the models to read them worse",
                         task.path, split, len(long), len(rows), limit, i + 1, row_id, n,
                         "" if split == "train" else f" with max_new_tokens={cfg.max_new_tokens}")
+
+
+def _token_counts(tok, texts: list[str]) -> list[int]:
+    """Tokens per text, in one call (a fast tokenizer encodes the whole list at once)."""
+    return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
 
 
 def _context(name: str) -> int:

@@ -54,28 +54,25 @@ class TeacherLogitCache:
     def logits(self, ctx: StepContext, rows: list[dict], batch: SequenceBatch) -> tuple[torch.Tensor, int]:
         """(B, N, V) teacher logits aligned with `batch`'s response columns (zeros past a row's response,
         where response_mask is False), and how many rows needed their forward now."""
-        filled, now = 0, {}
+        got, now = [], {}  # now: rows computed for this batch (kept in self.rows too while they fit)
         for r in rows:
             key = (r["prompt"], r["response"])
             if key not in self.rows and key not in now:
                 alone = encode_batch(ctx.tokenizer, [r["prompt"]], [r["response"]], ctx.max_new_tokens).to(ctx.device)
                 with torch.no_grad():
                     now[key] = response_logits(ctx.teacher, alone)[0].clone()  # (n_row, V), not a view
-                filled += 1
                 size = now[key].numel() * now[key].element_size()
                 if self.bytes + size <= self.max_bytes:
                     self.rows[key], self.bytes = now[key], self.bytes + size
+            got.append(self.rows[key] if key in self.rows else now[key])
         P, N = batch.prompt_length, batch.input_ids.shape[1] - batch.prompt_length
-        found = lambda r: self.rows.get((r["prompt"], r["response"]), now.get((r["prompt"], r["response"])))  # noqa: E731
-        first = found(rows[0])
-        out = first.new_zeros((len(rows), N, first.shape[-1]))  # (B, N, V)
-        for b, r in enumerate(rows):
-            cached = found(r)
+        out = got[0].new_zeros((len(rows), N, got[0].shape[-1]))  # (B, N, V)
+        for b, cached in enumerate(got):
             if int(batch.response_mask[b, P:].sum()) != cached.shape[0]:
                 raise RuntimeError(f"teacher logit cache: row {b} has {int(batch.response_mask[b, P:].sum())} "
                                    f"response tokens in the batch and {cached.shape[0]} alone")
             out[b, :cached.shape[0]] = cached
-        return out, filled
+        return out, len(now)
 
 
 class RowPicker:

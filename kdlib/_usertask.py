@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from kdlib._io import json_lines, read_text
+from kdlib._io import check_text, json_lines, read_text
 from kdlib._metrics import _pattern_answer, extract_answer
 
 METRICS = ("rougeL", "exact", "accuracy")
@@ -142,7 +142,7 @@ def _row(task: UserTask, obj: dict, where: str, default_id: str) -> dict:
             raise ValueError(f"{where}: field {field!r} must be a non-empty string, got {value!r}"
                              + (f" (the line's fields: {sorted(obj)}; set {key}_field in task.yaml)"
                                 if field not in obj else ""))
-        _check_text(value, where, field)
+        check_text(value, where, field)
         out[key] = value
     answer = obj.get(task.answer_field)
     if task.metric == "accuracy":
@@ -153,20 +153,11 @@ def _row(task: UserTask, obj: dict, where: str, default_id: str) -> dict:
                              "found in the response" + (f" by answer_pattern {task.answer_pattern!r}"
                                                         if task.answer_pattern else " (no '####' or number)"))
     out["answer"] = "" if answer is None else str(answer)
-    _check_text(out["answer"], where, task.answer_field)
-    _check_text(out["id"], where, "id")
+    check_text(out["answer"], where, task.answer_field)
+    check_text(out["id"], where, "id")
     if task.answer_pattern:
         out["answer_pattern"] = task.answer_pattern
     return out
-
-
-def _check_text(value: str, where: str, field: str) -> None:
-    """JSON may spell a lone UTF-16 surrogate ("\\ud800"), which no tokenizer can encode: name it here."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(f"{where}: field {field!r} holds {value[e.start:e.end]!r} at character {e.start}, a lone "
-                         "UTF-16 surrogate (an escape like \\ud800 without its pair): not text") from None
 
 
 def row_count(task: str, split: str) -> int:

@@ -141,8 +141,8 @@ def test_a_run_that_validates_finds_its_rows_before_anything_trains(tmp_path):
 def test_rows_longer_than_the_pairs_context_are_named_before_training(tmp_path, caplog):
     from kdlib._rows import check_row_lengths
 
-    def words(text, add_special_tokens=False):  # a tokenizer of whitespace words
-        return {"input_ids": text.split()}
+    def words(texts, add_special_tokens=False):  # a tokenizer of whitespace words
+        return {"input_ids": [text.split() for text in texts]}
 
     task = write_task(tmp_path / "mine", extra=['{"id": "long", "question": "' + "1 plus " * 250 + '?", '
                                                 '"solution": "The answer is 1"}'])

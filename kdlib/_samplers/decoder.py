@@ -240,8 +240,8 @@ def _shared_width(student, teacher, s: Optional[_CachedModel], t_model: Optional
     for role, model, cached in (("student", student, s), ("teacher", teacher, t_model)):
         if cached is not None:
             widths[role] = cached.logits.shape[-1]
-        elif model is not None and _vocab_width(model) is not None:
-            widths[role] = _vocab_width(model)
+        elif model is not None and (width := _vocab_width(model)) is not None:
+            widths[role] = width
     if len(widths) == 2 and widths["student"] != widths["teacher"]:
         _warn_width_once(widths["student"], widths["teacher"], where="samplers")
     return min(widths.values())

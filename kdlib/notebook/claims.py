@@ -142,8 +142,8 @@ def seed_claim(df: pd.DataFrame, by: str, better: Hashable, worse: Hashable, *, 
     two groups share each seed's warm-up (`paired`), else resampled independently (e.g. two tasks)."""
     a = df[df[by] == better].groupby("seed")[value].mean()
     b = df[df[by] == worse].groupby("seed")[value].mean()
-    if paired and 0 < len(set(a.index) & set(b.index)) < MIN_INTERVAL_SEEDS or not paired and 0 < min(len(a), len(b)) \
-            < MIN_INTERVAL_SEEDS:
+    n_seeds = len(set(a.index) & set(b.index)) if paired else min(len(a), len(b))
+    if 0 < n_seeds < MIN_INTERVAL_SEEDS:
         return f"{paper}: {_few_seeds(a, b, str(better), str(worse), paired)}"
     try:
         if paired:
