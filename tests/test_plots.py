@@ -126,3 +126,13 @@ def test_reference_points_mark_and_name_each_point():
     plots.reference_points(ax, refs, "self_bleu", "score", label="{model}, T = {temperature:g}")
     assert [t.get_text() for t in ax.texts] == ["teacher, T = 1", "warm-up student, T = 0.5"]
     assert [tuple(p) for p in ax.collections[0].get_offsets()] == [(40.0, 0.9), (70.0, 0.6)]
+
+
+def test_a_paired_tables_bounds_keep_their_sign_and_digits_in_markdown(tmp_path):
+    from kdlib.notebook import plots
+
+    table = pd.DataFrame({"better": ["a"], "difference": [0.031], "ci_low": [0.0002], "ci_high": [0.062],
+                          "verdict": ["reproduced"]})
+    text = plots.save_table(table, tmp_path, "t").read_text()
+    assert "+0.0002" in text and "0.000 " not in text and "+0.031" in text
+    assert pd.read_csv(tmp_path / "t.csv").ci_low[0] == 0.0002  # the CSV keeps full precision

@@ -42,7 +42,7 @@ def seeds_table(results: list[dict], pairs: Sequence[tuple[str, str]], *, evals:
                 power: float = 0.8) -> pd.DataFrame:
     """How many seeds each paired comparison of `paired_table` would need to separate a difference of the
     size measured (`kdlib._stats.seeds_needed`, a planning estimate from at least 2 seeds): one row per pair
-    and evaluation set with the difference, the seeds measured, the predicted half-width of the interval now,
+    and evaluation set with the difference, the seeds measured, the half-width of the interval now,
     and `seeds_needed` (None: more seeds alone cannot, the test items' variance is the limit)."""
     rows = []
     for split in _scored_sets(results, evals):
@@ -131,15 +131,17 @@ def paired_claims(table: pd.DataFrame, paper: str) -> list[str]:
             f"paired difference {stats.signed(r.difference)} [95 % CI {stats.signed(r.ci_low)}, "
             f"{stats.signed(r.ci_high)}] over {r.seeds} "
             f"seed(s) × {r.items} items → {r.verdict}"
-            + (f" ({r.seeds} seed(s): the interval is over items, not over warm-ups)" if r.seeds < MIN_INTERVAL_SEEDS
-               else "") for r in table.itertuples()]
+            + (" (one seed: the interval is over items only, not over warm-ups)" if r.seeds == 1 else
+               " (2 seeds: t has one degree of freedom, 12.7, so the interval is wide)" if r.seeds == 2 else "")
+            for r in table.itertuples()]
 
 
 def seed_claim(df: pd.DataFrame, by: str, better: Hashable, worse: Hashable, *, value: str = "score", paper: str = "",
                paired: bool = True) -> str:
     """A claim on one number per run (a sampled score, self-BLEU, a switch rate): `better` > `worse`, values
-    of column `by`, with the 95 % bootstrap interval of the difference over seeds — paired by seed when the
-    two groups share each seed's warm-up (`paired`), else resampled independently (e.g. two tasks)."""
+    of column `by`, with the 95 % t interval of the difference over seeds — paired by seed when the two
+    groups share each seed's warm-up (`paired`), else Welch's unpaired interval (e.g. two tasks). Fewer than
+    MIN_INTERVAL_SEEDS seeds: each seed's values and no verdict."""
     a = df[df[by] == better].groupby("seed")[value].mean()
     b = df[df[by] == worse].groupby("seed")[value].mean()
     n_seeds = len(set(a.index) & set(b.index)) if paired else min(len(a), len(b))
@@ -150,19 +152,20 @@ def seed_claim(df: pd.DataFrame, by: str, better: Hashable, worse: Hashable, *, 
             seeds = sorted(set(a.index) & set(b.index))
             if not seeds:
                 raise ValueError(f"{better!r} and {worse!r} share no seed")
-            r = stats.paired_bootstrap(a.loc[seeds].to_numpy()[:, None], b.loc[seeds].to_numpy()[:, None])
+            r = stats.paired_interval(a.loc[seeds].to_numpy()[:, None], b.loc[seeds].to_numpy()[:, None])
         else:
-            r = stats.independent_bootstrap(a.to_numpy(), b.to_numpy())
+            r = stats.independent_interval(a.to_numpy(), b.to_numpy())
     except ValueError as e:
         return f"{paper}: {e}"
     text = r.describe(str(better), str(worse)).replace(f" × {r.n_items} items", "")
     if not paired:
-        text = text.replace("paired difference", "difference (unpaired, the two groups resampled apart)", 1)
+        text = text.replace("paired difference", "difference (unpaired: Welch's interval)", 1)
     return f"{paper}: {text}"
 
 
 MIN_INTERVAL_SEEDS = 3
-"""Fewer seeds than this give no interval over seeds: a percentile bootstrap of two values is their range."""
+"""Fewer seeds than this give a claim on one number per run no verdict: two values give a t interval with one
+degree of freedom (t = 12.7), and each seed's own values say more."""
 
 
 def _few_seeds(a: pd.Series, b: pd.Series, better: str, worse: str, paired: bool) -> str:
@@ -186,12 +189,12 @@ def _few_seeds(a: pd.Series, b: pd.Series, better: str, worse: str, paired: bool
 
 def items_difference(a: pd.Series, b: pd.Series, a_name: str, b_name: str, *, what: str = "") -> str:
     """`a` − `b` over the items both scored (two Series of per-item scores indexed by item id), with its 95 %
-    bootstrap interval over items, and no verdict: for two runs that should agree (one trainer against
+    t interval over items, and no verdict: for two runs that should agree (one trainer against
     another), where "reproduced" would name the wrong question. One seed: the interval is over items only."""
     shared = a.index.intersection(b.index)
     if len(shared) == 0:
         raise ValueError(f"{a_name} and {b_name} share no scored item")
-    r = stats.paired_bootstrap(a.loc[shared].to_numpy()[None], b.loc[shared].to_numpy()[None])
+    r = stats.paired_interval(a.loc[shared].to_numpy()[None], b.loc[shared].to_numpy()[None])
     return (f"{what + ': ' if what else ''}{a_name} {r.mean_a:.3f} vs {b_name} {r.mean_b:.3f}, difference "
             f"{stats.signed(r.diff)} [95 % CI {stats.signed(r.low)}, {stats.signed(r.high)}] over {len(shared)} "
             "items (one run each: the interval is over items, not over seeds)")
@@ -206,7 +209,7 @@ def save_claims(claims: list[str], out_dir: str | Path, name: str = "claims") ->
 
 def training_claims(curves: pd.DataFrame, method: str, *, n_steps: int = 10) -> list[str]:
     """AdaSwitch's two training-dynamics claims, from `curves_frame` rows of one task and one student, each
-    with a 95 % bootstrap interval over seeds, paired by seed (`seed_claim`):
+    with a 95 % t interval over seeds, paired by seed (`seed_claim`):
 
     - the divergence falls during training: `method`'s training loss, each seed's mean over its first
       `n_steps` logged steps against its mean over its last `n_steps` (fewer, never overlapping, in short runs);
@@ -246,10 +249,10 @@ def training_claims(curves: pd.DataFrame, method: str, *, n_steps: int = 10) -> 
 def plateau_claims(curves: pd.DataFrame, *, tolerance: float = 0.005) -> list[str]:
     """A protocol check, not a paper claim: has each evaluated method's learning curve flattened by the end?
     Per task, student and method, each seed's score at the last evaluation minus its score at the one before,
-    with the 95 % bootstrap interval over seeds (paired by seed). An equivalence reading: "flat" when the whole
+    with the 95 % t interval over seeds (paired by seed). An equivalence reading: "flat" when the whole
     interval lies within ±`tolerance` (a change of score between two evaluations, so it depends on
     `eval_every`; the default, half a point, suits evaluations 50 steps apart), else "still rising" or
-    "falling" when it excludes zero, else "undetermined". Fewer than two seeds give no interval."""
+    "falling" when it excludes zero, else "undetermined". Fewer than MIN_INTERVAL_SEEDS seeds give no reading."""
     scored = evaluated(curves)
     keys = [k for k in ("task", "student") if k in scored and scored[k].nunique() > 1] + ["method"]
     lines = []
@@ -263,10 +266,10 @@ def plateau_claims(curves: pd.DataFrame, *, tolerance: float = 0.005) -> list[st
             continue
         before, last = steps[-2:]
         wide = own.pivot_table(index="seed", columns="step", values="eval_score")[[before, last]].dropna()
-        if len(wide) < 2:
+        if len(wide) < MIN_INTERVAL_SEEDS:
             lines.append(f"protocol check, {name}: {len(wide)} seed(s) evaluated, too few for an interval")
             continue
-        r = stats.paired_bootstrap(wide[last].to_numpy()[:, None], wide[before].to_numpy()[:, None])
+        r = stats.paired_interval(wide[last].to_numpy()[:, None], wide[before].to_numpy()[:, None])
         if -tolerance <= r.low and r.high <= tolerance:
             verdict = f"flat (the interval lies within ±{tolerance:g})"
         else:

@@ -12,8 +12,10 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from pandas.api.types import is_float_dtype
 
 from kdlib._config import RunConfig
+from kdlib._stats import signed
 
 _CAPTION = {"text": ""}  # the line save_figure writes under each figure (style's caption)
 
@@ -43,11 +45,20 @@ def save_figure(fig: Figure, out_dir: str | Path, name: str, caption: str | None
     return out / f"{name}.png"
 
 
+SIGNED_COLUMNS = ("difference", "ci_low", "ci_high")
+"""A paired table's columns that the Markdown copy prints as `kdlib._stats.signed` does: a bound of 0.0002 beside
+"reproduced" must not read 0.000."""
+
+
 def save_table(df: pd.DataFrame, out_dir: str | Path, name: str, floatfmt: str = ".3f") -> Path:
+    """`df` as CSV (full precision) and as Markdown (`floatfmt`; paired differences and their bounds signed)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / f"{name}.csv", index=False)
-    (out / f"{name}.md").write_text(df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+    signed_cols = [c for c in SIGNED_COLUMNS if c in df and is_float_dtype(df[c])]
+    shown = df.assign(**{c: df[c].map(signed) for c in signed_cols})
+    keep = [list(df.columns).index(c) for c in signed_cols] or False  # tabulate would parse "+0.0002" back to 0.000
+    (out / f"{name}.md").write_text(shown.to_markdown(index=False, floatfmt=floatfmt, disable_numparse=keep) + "\n")
     return out / f"{name}.md"
 
 
