@@ -82,13 +82,18 @@ def load_jsonl(path: str | Path, fields: Sequence[str] = REQUIRED_FIELDS) -> lis
     return load_dataset("json", data_files=str(path), split="train").to_list()
 
 
+CHAT_TEMPLATE_DATE = "26 Jul 2024"  # the date Llama-3.2's template falls back to when given none
+
+
 def format_prompt(tokenizer, prompt: str, bos: str | None = None) -> str:
     """The prompt as the model sees it: through the chat template when the tokenizer has one (the
     template writes any BOS itself); otherwise the plain text, after the BOS token for tokenizers
     that add one by default (OPT, Llama), as the models were trained. `bos`: see `leading_bos`."""
     if getattr(tokenizer, "chat_template", None):
+        # Llama-3's template writes today's date into every prompt, which no run hash sees: give it a fixed
+        # one (its own fallback), so a run reads the same prompts on every day. Other templates ignore it.
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+                                             add_generation_prompt=True, date_string=CHAT_TEMPLATE_DATE)
     bos = leading_bos(tokenizer) if bos is None else bos
     return bos + prompt
 

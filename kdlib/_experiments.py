@@ -7,6 +7,7 @@ The parts live apart: the teacher's and the warm-up's runs in `kdlib._recipes`, 
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -103,6 +104,12 @@ def _run_uncached(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> di
         return _train_and_score(cfg, d, progress=progress, teacher_cfg=teacher_cfg)
     finally:
         torch.set_num_threads(before)
+        # Under bf16 mixed precision accelerate binds the student's new forward to the student: a cycle that
+        # only the cyclic GC frees, maybe long after. A teacher fine-tune or warm-up would then stay in GPU
+        # memory while the run that needs it trains; collect now, and hand CUDA's cached blocks back.
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _train_and_score(cfg: RunConfig, d: Path, *, progress: bool, teacher_cfg) -> dict:

@@ -90,7 +90,11 @@ def n_params(model: torch.nn.Module) -> int:
 def pick_device_dtype(requested_dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
     """CUDA + bf16 where available, else CPU float32; bf16 asked for where unsupported fails loudly."""
     if torch.cuda.is_available():
-        device, reason = torch.device("cuda"), "CUDA is available"
+        # This process's own GPU: under accelerate launch / torchrun, PartialState picks each rank's device
+        # (cuda:LOCAL_RANK). A bare "cuda" is cuda:0 in every rank until then: all first loads would share GPU 0.
+        from accelerate import PartialState
+
+        device, reason = PartialState().device, "CUDA is available"
         bf16_ok = torch.cuda.is_bf16_supported()
     else:
         device, reason, bf16_ok = torch.device("cpu"), "no CUDA device", False

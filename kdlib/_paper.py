@@ -8,7 +8,8 @@ that lists every run of every table with an estimate of its GPU-hours (`estimate
 Offline use. ``$KDLIB_MODELS`` may point to a folder of local copies named like the hub
 (``$KDLIB_MODELS/Qwen/Qwen2.5-7B-Instruct``); a name found there is loaded from there, else from the hub.
 A config's ``data_dir`` (or ``$KDLIB_PAPER_DATA``) may hold ``<dataset>/<split>.jsonl`` files in the
-dataset's hub schema, used instead of the hub. The tests run every loader and pair this way.
+dataset's hub schema, each exactly one split's rows, or the hub's own files (``dolly/raw.jsonl``), which are
+cut into splits as on the hub; either is used instead of the hub. The tests run every loader and pair this way.
 
 Sources are cited next to each value; values the papers do not state are marked CHOSEN.
 """
@@ -290,10 +291,12 @@ def load_rows(name: str, split: str, n: Optional[int] = None, *, chat: bool,
               data_dir: Optional[str] = None) -> list[dict]:
     """Rows of a paper dataset as kdlib rows ({prompt, response, [answer], [references]}).
 
-    Loaded with `datasets.load_dataset` from the hub, or from ``<data_dir>/<name>/<split>.jsonl`` in the
-    hub schema when `data_dir` (or ``$KDLIB_PAPER_DATA``) is set. `chat`: the bare task text (the
-    tokenizer's chat template wraps it) or, for base models, the paper's plain-text template. A row
-    missing a schema field fails naming the dataset, the file or hub split, the row and the field."""
+    Loaded with `datasets.load_dataset` from the hub, or in the hub schema when `data_dir` (or
+    ``$KDLIB_PAPER_DATA``) is set: from ``<data_dir>/<name>/<split>.jsonl`` (the split's rows, as they are),
+    else from the hub's own file under ``<data_dir>/<name>/`` (``dolly/raw.jsonl``), cut as the hub's is.
+    `chat`: the bare task text (the tokenizer's chat template wraps it) or, for base models, the paper's
+    plain-text template. A row missing a schema field fails naming the dataset, the file or hub split, the
+    row and the field."""
     from datasets import load_dataset
 
     if name not in DATASETS:
@@ -303,21 +306,33 @@ def load_rows(name: str, split: str, n: Optional[int] = None, *, chat: bool,
         raise ValueError(f"dataset {name!r} has no split {split!r}; its splits: {sorted(spec.splits)}")
     where = spec.splits[split]
     data_dir = data_dir or os.environ.get("KDLIB_PAPER_DATA") or None
+    sliced = True  # the hub's own file or split: cut by where.skip and where.limit
     if data_dir:
+        # <split>.jsonl holds exactly the split's rows; else the hub's own file (dolly/raw.jsonl), cut as on the hub
         path = Path(data_dir) / name / f"{split}.jsonl"
-        if not path.exists():
-            raise FileNotFoundError(f"paper dataset {name!r}: no local file {path} (data_dir={data_dir})")
+        hub_file = Path(data_dir) / name / where.data_files if where.data_files else None
+        sliced = not path.exists() and hub_file is not None and hub_file.exists()
+        if sliced:
+            path = hub_file
+        elif not path.exists():
+            raise FileNotFoundError(f"paper dataset {name!r}: no local file {path}"
+                                    + (f" nor the hub's {hub_file}" if hub_file else "") + f" (data_dir={data_dir})")
         origin = str(path)
 
         check_jsonl(path)  # not UTF-8, not JSON, empty: named with its row before datasets reads it
         ds = load_dataset("json", data_files=str(path), split="train")
+        if not sliced and where.limit is not None and len(ds) > where.limit:
+            # e.g. MiniLLM's raw.jsonl copied as validation.jsonl: it would also hold the training rows
+            raise ValueError(f"paper dataset {name!r}: {path} has {len(ds)} rows, but the hub's {split} split "
+                             f"is at most {where.limit}: a <split>.jsonl must hold that split's rows only; put "
+                             f"the hub's file as it is at {hub_file} and kdlib cuts it as on the hub")
     else:
         origin = f"{spec.hub_id}" + (f" ({where.data_files})" if where.data_files else f" split {where.split}")
         kwargs = {"data_files": where.data_files, "split": "train"} if where.data_files else {"split": where.split}
         ds = load_dataset(spec.hub_id, spec.config, **kwargs)
-        if where.skip or where.limit:
-            stop = len(ds) if where.limit is None else min(len(ds), where.skip + where.limit)
-            ds = ds.select(range(where.skip, stop))
+    if sliced and (where.skip or where.limit):
+        stop = len(ds) if where.limit is None else min(len(ds), where.skip + where.limit)
+        ds = ds.select(range(where.skip, stop))
     rows, dropped = [], 0
     for i, raw in enumerate(ds):
         if spec.metric == "accuracy" and name == "gsm_plus" and not _is_number(

@@ -172,6 +172,32 @@ def test_base_model_prompts_start_with_bos_once_when_the_tokenizer_adds_one():
     assert ids[1, -2:].tolist() == [bos_id, with_bos.convert_tokens_to_ids("a")]
 
 
+def test_a_chat_template_that_prints_todays_date_gets_a_fixed_one(monkeypatch):
+    """Llama-3.2's chat template writes "Today Date: <strftime_now>" into every prompt, and neither the run hash
+    nor SeqKD's cache key sees the date: a run resumed on another day would read other prompts. The prompt must
+    carry the template's own fallback date, whatever the calendar says."""
+    import datetime
+
+    import transformers.utils.chat_template_utils as ctu
+
+    from kdlib._data import format_prompt
+    from kdlib._models import build_word_tokenizer
+
+    tok = build_word_tokenizer(["a", "b"])
+    tok.chat_template = ('{%- if not date_string is defined %}{%- if strftime_now is defined %}'
+                         '{%- set date_string = strftime_now("%d %b %Y") %}{%- else %}'
+                         '{%- set date_string = "26 Jul 2024" %}{%- endif %}{%- endif %}'
+                         "Today Date: {{ date_string }} {% for m in messages %}{{ m['content'] }}{% endfor %}")
+
+    class Later(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2031, 1, 2)
+
+    monkeypatch.setattr(ctu, "datetime", Later)  # what strftime_now reads the clock from
+    assert format_prompt(tok, "a b") == "Today Date: 26 Jul 2024 a b"
+
+
 def test_eval_scores_an_existing_model_directory(tokenizer, tmp_path, capsys):
     """`python -m kdlib eval --model DIR`: the model is scored as it is (nothing trains), with its
     predictions and scores written beside it; the scores match kdlib._evaluate on the same rows."""

@@ -111,6 +111,30 @@ def test_malformed_row_names_dataset_file_row_and_field(tmp_path):
         paper.load_rows("xsum", "train", chat=True, data_dir=str(root))
 
 
+def test_a_local_copy_of_a_hub_file_is_split_as_on_the_hub(tmp_path, monkeypatch):
+    """MiniLLM's Dolly train and validation splits are two slices of one hub file (raw.jsonl[1000:] and [:1000]).
+    Its local copy under data_dir must be cut the same way, and that file copied under a split's name (which
+    would put the validation rows in training) is refused, not read as the split."""
+    raw = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(1200)]
+    (tmp_path / "dolly").mkdir()
+    (tmp_path / "dolly" / "raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in raw))
+    local = {s: paper.load_rows("dolly", s, chat=True, data_dir=str(tmp_path)) for s in ("train", "validation")}
+
+    class Hub(list):  # datasets.load_dataset's answer for MiniLLM/dolly raw.jsonl
+        def select(self, idx):
+            return Hub(self[i] for i in idx)
+
+    monkeypatch.setattr("datasets.load_dataset", lambda *a, **k: Hub(raw))
+    hub = {s: paper.load_rows("dolly", s, chat=True) for s in ("train", "validation")}
+    assert local == hub and [len(local["train"]), len(local["validation"])] == [200, 1000]
+    assert local["train"][0]["prompt"] == "q1000" and local["validation"][-1]["prompt"] == "q999"
+    monkeypatch.undo()
+    (tmp_path / "dolly" / "validation.jsonl").write_text((tmp_path / "dolly" / "raw.jsonl").read_text())
+    with pytest.raises(ValueError, match=r"validation\.jsonl has 1200 rows, but the hub's validation split is "
+                                         r"at most 1000"):
+        paper.load_rows("dolly", "validation", chat=True, data_dir=str(tmp_path))
+
+
 def test_hub_loading_asks_for_the_registered_names(monkeypatch):
     """Without a data_dir the loader calls datasets.load_dataset with the hub id, config and files of the
     registry, and applies MiniLLM's row ranges (first 1000 raw rows validate, the rest train)."""
@@ -291,6 +315,31 @@ def test_paper_config_runs_end_to_end_on_a_tiny_stand_in_pair(model_dir, data_di
     assert set(result) >= {"score_test", "score_gsm_plus", "teacher_forwards", "provenance"}
     assert result["teacher_forwards"] > 0 and 0 <= result["score_gsm_plus"] <= 1
     assert (Path(tmp_path / "cache" / "runs" / run_hash(cfg) / "predictions-gsm_plus.jsonl")).exists()
+
+
+def test_each_gpu_rank_loads_onto_its_own_device(monkeypatch):
+    """Under accelerate launch / torchrun a bare torch.device("cuda") is cuda:0 in every rank until accelerate's
+    PartialState sets the rank's device, and the first model of a run loads before the Trainer makes one: eight
+    ranks put eight teachers on GPU 0. The device a run resolves (its first line, before any load) is the
+    state's. A stand-in state for rank 3 shows it without a GPU; on CPU nothing changes and no state is made."""
+    import accelerate
+
+    from kdlib._models import pick_device_dtype
+
+    made = []
+
+    class Rank3State:
+        device = torch.device("cuda", 3)
+
+        def __init__(self):
+            made.append(self)
+
+    monkeypatch.setattr(accelerate, "PartialState", Rank3State)
+    if not torch.cuda.is_available():
+        assert pick_device_dtype() == (torch.device("cpu"), torch.float32) and not made
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert pick_device_dtype() == (torch.device("cuda", 3), torch.bfloat16) and made
 
 
 def test_notebooks_name_existing_paper_tables():

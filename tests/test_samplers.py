@@ -216,6 +216,17 @@ def test_adaswitch_drops_the_student_once_every_row_switched(pair):
     assert r.stats["teacher_forwards"] == 24  # prefill + 23 steps
 
 
+def test_adaswitch_with_a_bf16_teacher_and_an_fp32_student(pair):
+    """The paper profile's GPU dtypes: the teacher is stored in bfloat16, the student trains in float32. Once
+    some rows have switched (and others not yet), the rows the student let go are filled from the teacher's
+    logits: the two dtypes meet there, which an all-float32 test never sees."""
+    student, _ = pair
+    r = run("adaswitch", student, tiny_llama(1).to(torch.bfloat16), seed=0, k=1.0, window=2, keep=True)
+    switched = r.stats["switch_positions"][r.stats["switched"]]
+    assert len(switched.unique()) > 1, "rows must switch at different steps to reach the mixed-rows path"
+    assert r.teacher_logits.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("top_k", [1, 5, 25])
 def test_skd_student_tokens_lie_in_teacher_top_k(pair, top_k, block):
@@ -439,6 +450,34 @@ def test_draw_from_log_probs_is_the_same_draw():
         b = draw_tokens(log_p, torch.Generator().manual_seed(3), log_probs=True, **kw)
         assert (a == b).float().mean() > 0.99, kw  # equal up to a rare tie at a CDF boundary (rounding)
         assert len(set(a.tolist())) > 50  # real draws, not one id
+
+
+def test_cdf_is_summed_in_float64_and_cpu_draws_are_unchanged():
+    """CUDA sums float32 in float32, so over a 150k vocabulary the running sum stops moving and tail ids are
+    never drawn; the sum is asked for in float64 on every device (a CPU run cannot show CUDA's rounding, so
+    the dtype the cumsum sees is checked). On CPU, where float32 was already summed in float64, every draw
+    stays the one the plain float32 cumsum gave."""
+    from torch.overrides import TorchFunctionMode
+
+    from kdlib._samplers.decoder import _inverse_cdf
+
+    class CumsumDtypes(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in (torch.cumsum, torch.Tensor.cumsum):
+                self.seen.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    probs = (torch.randn(64, 151936, generator=torch.Generator().manual_seed(0)) * 4).softmax(-1)
+    with CumsumDtypes() as mode:
+        got = _inverse_cdf(probs, torch.Generator().manual_seed(1))
+    assert mode.seen == [torch.float64]
+    u = torch.rand((64, 1), generator=torch.Generator().manual_seed(1))
+    cdf = probs.cumsum(-1)  # what the draw used before
+    assert torch.equal(got, torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=151935).squeeze(-1))
 
 
 @pytest.mark.parametrize("kind,fn", [("fkl", D.forward_kl), ("rkl", D.reverse_kl), ("jsd", D.jsd),

@@ -512,6 +512,38 @@ def test_the_learning_curve_ends_at_the_final_score_decoded_once(tmp_path, monke
         assert float(list(csv.DictReader(f))[-1]["eval_score"]) == result["score"]
 
 
+def test_a_finished_bf16_run_frees_its_student_before_returning(tmp_path, monkeypatch):
+    """With bf16 mixed precision (the GPU path) accelerate replaces the student's forward by a method bound to
+    the student: a reference cycle, which reference counting never frees. A paper run trains its teacher and
+    warm-up in the same process, so each finished run must let go of its models itself, or they stay in GPU
+    memory while the next one trains. Python's cyclic GC is off here, as it may not run for a long time."""
+    import gc
+    import weakref
+
+    from conftest import cache_sharing_task_data
+
+    from kdlib import _experiments as experiments
+
+    cache_sharing_task_data(tmp_path / "cache")
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path / "cache"))
+    # the GPU path's dtypes on CPU: the Trainer asks accelerate for mixed_precision="bf16"
+    monkeypatch.setattr(experiments, "pick_device_dtype", lambda requested="auto": (torch.device("cpu"),
+                                                                                     torch.bfloat16))
+    students = []
+    real = experiments._initial_student
+    monkeypatch.setattr(experiments, "_initial_student",
+                        lambda *a: students.append(weakref.ref(m := real(*a))) or m)
+    cfg = RunConfig(method="sft", task="arith", student="tiny", student_init="scratch", steps=1, batch_size=2,
+                    n_train=4, n_eval=2, eval_splits=("test",), max_new_tokens=4, checkpoint_every=0)
+    gc.disable()
+    try:
+        result = experiments.run(cfg, progress=False)
+        alive = [r() is not None for r in students]
+    finally:
+        gc.enable()
+    assert result["provenance"]["dtype"] == "torch.bfloat16" and alive == [False]
+
+
 def test_a_cached_run_with_another_learning_curve_is_named(tmp_path, monkeypatch, caplog):
     """eval_every is outside the hash (notebooks share runs): a run cached without a curve is returned, but
     a caller asking for a curve is told which run lacks it and how to retrain it."""

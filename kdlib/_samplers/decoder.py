@@ -77,7 +77,9 @@ def draw_tokens(logits: Tensor, generator: torch.Generator, temperature: float =
 def _inverse_cdf(probs: Tensor, generator: torch.Generator) -> Tensor:
     """One id per row of `probs` (n, V), by inverse CDF: one uniform per row. torch.multinomial draws one
     exponential per vocabulary entry, which costs more than a small model's forward step on CPU."""
-    cdf = probs.cumsum(-1)  # (n, V); CPU accumulates in float64, so no drift over 150k ids
+    # (n, V), summed in float64 on every device: CUDA's float32 cumsum would drift over 150k ids and skip tail
+    # ids. CPU already accumulates float32 in float64, so rounding back keeps its draws bit for bit.
+    cdf = probs.double().cumsum(-1).to(probs.dtype)
     # drawn on the generator's own device (a CPU generator cannot fill a CUDA tensor), then moved
     u = torch.rand((probs.shape[0], 1), generator=generator,
                    device=generator.device if generator is not None else probs.device).to(probs.device)
@@ -338,7 +340,9 @@ def _decode(policy: Sampler, student, teacher, prompt_ids, prompt_mask, *, max_n
         else:
             q = s.logits[:, :width]
             if rows is not None:  # rows the student let go read as the teacher: the rule sends them to it
-                q = t_model.logits[:, :width].index_copy(0, rows, q)
+                # on the GPU path a bfloat16 teacher meets a float32 student here: copy into the wider dtype
+                wide = torch.promote_types(q.dtype, t_model.logits.dtype)
+                q = t_model.logits[:, :width].to(wide).index_copy(0, rows, q.to(wide))
             # one normalisation of both (2B, V) untempered rows serves the draw and the rule
             log_qp = torch.cat([q, t_model.logits[:, :width]]).float().log_softmax(-1)
             y = draw(log_qp, log_probs=True)  # one call draws both proposals, (2B,)
