@@ -95,6 +95,8 @@ def pick_device_dtype(requested_dtype: str = "auto") -> tuple[torch.device, torc
         from accelerate import PartialState
 
         device, reason = PartialState().device, "CUDA is available"
+        if device.type != "cuda":  # a state set up earlier for the CPU (cpu=True, ACCELERATE_TORCH_DEVICE): not ours
+            device = torch.device("cuda")
         bf16_ok = torch.cuda.is_bf16_supported()
     else:
         device, reason, bf16_ok = torch.device("cpu"), "no CUDA device", False

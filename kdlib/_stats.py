@@ -10,14 +10,14 @@ item), so the variance of that mean has two parts, estimated from d as in a two-
 - the items' part, the variance between the item means of d less their seed noise, / N: the test set,
   which more seeds do not average away.
 
-The interval is mean ± t × √(sum of the parts), t with S − 1 degrees of freedom (5 seeds: 2.78, not
-1.96): conservative where the items' part is large, exact for the seeds' part, which dominates on the
-embedded runs (their per-seed effects are 3–20× the items' standard error). With one seed only items vary:
-a paired t interval over items. A percentile bootstrap that resamples seeds and items together, which this
-module used before, covered a true difference in only 85–90 % of simulated 5-seed experiments with per-seed
-effects as large as the real runs' (measured 2026-12-06; tests/test_stats.py checks the coverage): five
-values cannot show the tails of the seeds' spread. Welch–Satterthwaite degrees of freedom for the sum were
-tried too: with 2–3 seeds they covered 87–93 %, since a seeds' part estimated small by chance also raises
+The interval is mean ± t × √(sum of the parts), t with S − 1 degrees of freedom (5 seeds: 2.78, not 1.96):
+conservative where the items' part is large (coverage near 100 %), exact for the seeds' part, which dominates
+on the embedded runs (their per-seed effects are several times the items' standard error). With one seed only
+items vary: a paired t interval over items. A percentile bootstrap that resamples seeds and items together,
+which this module used before, covered a true difference in only 85–90 % of simulated 5-seed experiments with
+per-seed effects as large as the real runs' (measured 2026-12-06; tests/test_stats.py checks the coverage):
+five values cannot show the tails of the seeds' spread. Welch–Satterthwaite degrees of freedom for the sum
+were tried too: with 2–3 seeds they covered 87–93 %, since a seeds' part estimated small by chance also raises
 its degrees of freedom.
 
 A claim is *reproduced* when the whole interval lies on the paper's side of zero, *reversed* when it
@@ -141,6 +141,8 @@ def independent_interval(a, b, *, level: float = 0.95) -> PairedDifference:
     where nothing pairs them), with Welch's t interval (unequal variances; scipy.stats.ttest_ind's with
     equal_var=False). Returned in the same form as `paired_interval` (n_items = 1)."""
     a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if np.isnan(a).any() or np.isnan(b).any():
+        raise ValueError("unpaired values contain NaN: a run is missing its number")
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"an unpaired interval needs at least two values per group; got {len(a)} and {len(b)}")
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
@@ -158,6 +160,8 @@ def gain_gap(d_high, d_low, *, level: float = 0.95) -> PairedDifference:
     hi, lo = np.atleast_2d(np.asarray(d_high, dtype=float)), np.atleast_2d(np.asarray(d_low, dtype=float))
     if hi.shape[0] != lo.shape[0] or hi.size == 0 or lo.size == 0:
         raise ValueError(f"both subsets need the same seeds and at least one item; got {hi.shape} and {lo.shape}")
+    if np.isnan(hi).any() or np.isnan(lo).any():
+        raise ValueError("per-item differences contain NaN: a run is missing an item's score")
     S = hi.shape[0]
     if S == 1:  # one run: Welch over the two subsets' items
         return independent_interval(hi.ravel(), lo.ravel(), level=level)
@@ -173,7 +177,7 @@ def gain_gap(d_high, d_low, *, level: float = 0.95) -> PairedDifference:
 class SeedPlan:
     """How many seeds a paired comparison needs (`seeds_needed`): `seeds` is None when more seeds cannot
     do it (a zero effect, or the test items' own variance already keeps the interval wider than the effect:
-    then more items, not seeds)."""
+    then more items, not seeds), or when it would take over 100 000 (`limited_by_items` False)."""
 
     effect: float
     seeds: int | None
@@ -181,8 +185,11 @@ class SeedPlan:
     item_variance: float  # of the grand mean from the finite test set, which more seeds do not shrink
     half_width_now: float  # half-width of the interval at the seeds measured
     level: float = 0.95  # of that interval
+    limited_by_items: bool = True  # when seeds is None: False = more seeds would do it, but over 100 000
 
     def describe(self) -> str:
+        if self.seeds is None and not self.limited_by_items:
+            return f"an effect of {self.effect:+.2g} needs more than 100 000 seeds"
         if self.seeds is None:
             from statistics import NormalDist
 
@@ -218,5 +225,8 @@ def seeds_needed(a, b, *, effect: float | None = None, power: float = 0.8, level
     total = v_seed / candidates + v_items
     t = _scipy.t.ppf(1 - (1 - level) / 2, candidates - 1) + _scipy.t.ppf(power, candidates - 1)
     enough = np.flatnonzero(t ** 2 * total <= effect ** 2) if effect != 0 else []
-    seeds = int(candidates[enough[0]]) if len(enough) else None
-    return SeedPlan(effect, seeds, v_seed, v_items, half_now, level)
+    if len(enough):
+        return SeedPlan(effect, int(candidates[enough[0]]), v_seed, v_items, half_now, level)
+    z = _scipy.norm.ppf(1 - (1 - level) / 2) + _scipy.norm.ppf(power)
+    by_items = effect == 0 or z ** 2 * v_items >= effect ** 2  # else seeds would do it, past the search's end
+    return SeedPlan(effect, None, v_seed, v_items, half_now, level, limited_by_items=by_items)

@@ -228,3 +228,14 @@ def test_items_difference_pairs_by_id_and_gives_no_verdict():
     assert shifted.startswith("w: a ") and "difference +0.100 [95 % CI +0.100, +0.100]" in shifted
     with pytest.raises(ValueError, match="share no scored item"):
         items_difference(base, pd.Series([1.0], index=["x"]), "a", "b")
+
+
+def test_nan_is_refused_and_a_tiny_effect_is_not_blamed_on_the_items():
+    with pytest.raises(ValueError, match="NaN"):
+        independent_interval([0.5, np.nan], [0.4, 0.6])
+    with pytest.raises(ValueError, match="NaN"):
+        gain_gap(np.array([[0.1, np.nan]]), np.zeros((1, 2)))
+    g = np.random.default_rng(0)
+    a = g.normal(0.5, 0.01, (5, 1))  # one number per run: no items' part at all
+    plan = seeds_needed(a, a - 6e-5 + g.normal(0, 0.01, (5, 1)), effect=6e-5)
+    assert plan.seeds is None and not plan.limited_by_items and "more than 100 000 seeds" in plan.describe()

@@ -78,7 +78,7 @@ def _inverse_cdf(probs: Tensor, generator: torch.Generator) -> Tensor:
     """One id per row of `probs` (n, V), by inverse CDF: one uniform per row. torch.multinomial draws one
     exponential per vocabulary entry, which costs more than a small model's forward step on CPU."""
     # (n, V), summed in float64 on every device: CUDA's float32 cumsum would drift over 150k ids and skip tail
-    # ids. CPU already accumulates float32 in float64, so rounding back keeps its draws bit for bit.
+    # ids. CPU already accumulates float32 in float64, so rounding back keeps its float32 draws bit for bit.
     cdf = probs.double().cumsum(-1).to(probs.dtype)
     # drawn on the generator's own device (a CPU generator cannot fill a CUDA tensor), then moved
     u = torch.rand((probs.shape[0], 1), generator=generator,
