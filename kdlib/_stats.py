@@ -25,7 +25,7 @@ lies on the other side, and *not separated* when it contains zero.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats as _scipy
@@ -163,8 +163,9 @@ def gain_gap(d_high, d_low, *, level: float = 0.95) -> PairedDifference:
     if np.isnan(hi).any() or np.isnan(lo).any():
         raise ValueError("per-item differences contain NaN: a run is missing an item's score")
     S = hi.shape[0]
-    if S == 1:  # one run: Welch over the two subsets' items
-        return independent_interval(hi.ravel(), lo.ravel(), level=level)
+    if S == 1:  # one run: Welch over the two subsets' items, counted as one seed and its items
+        return replace(independent_interval(hi.ravel(), lo.ravel(), level=level), n_seeds=1,
+                       n_items=hi.shape[1] + lo.shape[1])
     gaps = hi.mean(axis=1) - lo.mean(axis=1)
     variance = float(gaps.var(ddof=1)) / S + _parts(hi)[1] + _parts(lo)[1]
     diff = float(hi.mean() - lo.mean())
@@ -191,9 +192,7 @@ class SeedPlan:
         if self.seeds is None and not self.limited_by_items:
             return f"an effect of {self.effect:+.2g} needs more than 100 000 seeds"
         if self.seeds is None:
-            from statistics import NormalDist
-
-            z = NormalDist().inv_cdf(1 - (1 - self.level) / 2)
+            z = _scipy.norm.ppf(1 - (1 - self.level) / 2)
             return (f"an effect of {self.effect:+.3f} cannot be separated by more seeds alone: the test items "
                     f"give the interval a half-width near {z * self.item_variance ** 0.5:.3f} whatever the seeds")
         return f"an effect of {self.effect:+.3f} needs about {self.seeds} seeds"
@@ -219,8 +218,8 @@ def seeds_needed(a, b, *, effect: float | None = None, power: float = 0.8, level
     effect = float(d.mean()) if effect is None else float(effect)
     v_seeds, v_items = _parts(d)
     v_seed = v_seeds * S  # of one seed's mean difference
-    now = paired_interval(a, b, level=level)
-    half_now = (now.high - now.low) / 2
+    low, high = _t_interval(0.0, v_seeds + v_items, S - 1, level)  # paired_interval's, at the seeds measured
+    half_now = (high - low) / 2
     candidates = np.arange(2, 100_001)
     total = v_seed / candidates + v_items
     t = _scipy.t.ppf(1 - (1 - level) / 2, candidates - 1) + _scipy.t.ppf(power, candidates - 1)

@@ -239,3 +239,9 @@ def test_nan_is_refused_and_a_tiny_effect_is_not_blamed_on_the_items():
     a = g.normal(0.5, 0.01, (5, 1))  # one number per run: no items' part at all
     plan = seeds_needed(a, a - 6e-5 + g.normal(0, 0.01, (5, 1)), effect=6e-5)
     assert plan.seeds is None and not plan.limited_by_items and "more than 100 000 seeds" in plan.describe()
+
+
+def test_a_one_seed_gain_gap_counts_one_seed_and_its_items():
+    g = np.random.default_rng(2)
+    r = gain_gap(g.normal(0.05, 0.1, (1, 40)), g.normal(0.0, 0.1, (1, 60)))
+    assert (r.n_seeds, r.n_items) == (1, 100) and r.low < r.diff < r.high
